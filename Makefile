@@ -1,0 +1,37 @@
+# kiln's entry points. `make demo` runs kiln locally; `make test` runs every test.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+KILN_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
+export KILN_CACHE_DIR
+
+.PHONY: help setup testenv test lint fmt crds build demo
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## Install what tests need: packer (Debian), moto (PyPI venv), the Go-built control plane.
+	@hack/setup.sh
+
+testenv: ## Build or find kube-apiserver, etcd, kube-controller-manager; print their directory.
+	@hack/testenv.sh
+
+crds: ## Regenerate crds/ from the API types.
+	$(CARGO) run --quiet -- crd --out-dir crds
+
+build: ## Build the kiln binary (debug).
+	$(CARGO) build
+
+fmt: ## Format the code.
+	$(CARGO) fmt
+
+lint: ## rustfmt and clippy, warnings are errors.
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: setup lint ## Install what is needed, then run every test on a real control plane.
+	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
+	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
+	$(CARGO) test --all-targets

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian machine:
+# Debian packages (packer), a Python venv with moto's server, and the
+# Go-built control plane (hack/testenv.sh). Safe to run again: it skips what
+# is already there.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache_root="${KILN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+missing=()
+command -v packer >/dev/null || missing+=(packer)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v go >/dev/null || missing+=(golang-go)
+if [ "${#missing[@]}" -gt 0 ]; then
+	echo "setup: installing Debian packages: ${missing[*]}" >&2
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# moto's server stands in for EC2; pinned so runs are repeatable.
+venv="$cache_root/venv"
+requirements="$here/requirements-test.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+	echo "setup: installing Python test tools into $venv" >&2
+	python3 -m venv "$venv"
+	"$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+	echo "$want" > "$stamp"
+fi
+
+"$here/testenv.sh" >/dev/null
