@@ -1,14 +1,38 @@
-use std::path::PathBuf;
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln::{
+    api::ExecutorType,
+    packer::runner::{self, BuildRequest, Outcome, REQUEST_ENV, Redactor, RunnerOptions},
+};
 
 /// kiln bakes VM images with Packer and retires them by policy.
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KILN_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Executor {
+    Job,
+    Process,
 }
 
 #[derive(Subcommand)]
@@ -20,12 +44,143 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Run the controller against the current kubeconfig or the in-cluster config.
+    Controller {
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "KILN_METRICS_ADDR")]
+        metrics_addr: SocketAddr,
+        /// Executor for ImageBuilds that name none.
+        #[arg(long, value_enum, default_value_t = Executor::Job, env = "KILN_DEFAULT_EXECUTOR")]
+        default_executor: Executor,
+        /// Image of build Jobs; it must carry kiln and packer.
+        #[arg(
+            long,
+            default_value = "ghcr.io/kiln-dev/kiln:0.1.0",
+            env = "KILN_RUNNER_IMAGE"
+        )]
+        runner_image: String,
+        /// kiln binary the process executor runs (default: this one).
+        #[arg(long, env = "KILN_RUNNER_PATH")]
+        runner_path: Option<PathBuf>,
+        /// Work directory of process builds.
+        #[arg(long, env = "KILN_WORKDIR")]
+        workdir: Option<PathBuf>,
+        /// Watch only this namespace.
+        #[arg(long, env = "KILN_NAMESPACE")]
+        namespace: Option<String>,
+        /// How often Ready ImageBuilds are looked at again, in seconds.
+        #[arg(long, default_value_t = 600)]
+        resync_seconds: u64,
+    },
+    /// Run one Packer build described by $KILN_BUILD_REQUEST (used by the executors).
+    Runner {
+        /// Where to write the result JSON (a Job uses /dev/termination-log).
+        #[arg(long)]
+        result_file: PathBuf,
+        /// Directory to work in.
+        #[arg(long)]
+        workdir: PathBuf,
+        /// The packer binary.
+        #[arg(long, default_value = "packer", env = "KILN_PACKER")]
+        packer: PathBuf,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,aws=warn,hyper=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    kiln::install_crypto_provider();
     match cli.command {
         Command::Crd { out_dir } => write_crds(out_dir),
+        Command::Controller {
+            metrics_addr,
+            default_executor,
+            runner_image,
+            runner_path,
+            workdir,
+            namespace,
+            resync_seconds,
+        } => {
+            init_logging(cli.log_format);
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
+            let runner_path = match runner_path {
+                Some(p) => p,
+                None => std::env::current_exe().context("locating the kiln binary")?,
+            };
+            let config = kiln::controller::Config {
+                default_executor: match default_executor {
+                    Executor::Job => ExecutorType::Job,
+                    Executor::Process => ExecutorType::Process,
+                },
+                runner_image,
+                runner_path,
+                workroot: workdir.unwrap_or_else(|| std::env::temp_dir().join("kiln-builds")),
+                namespace,
+                resync: Duration::from_secs(resync_seconds),
+            };
+            let metrics = Arc::new(kiln::metrics::Metrics::default());
+            let ready = Arc::new(AtomicBool::new(false));
+            let health = kiln::server::Health {
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+            };
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(kiln::server::serve(metrics_addr, health, async move {
+                let _ = stop_rx.await;
+            }));
+            kiln::controller::run(client, config, metrics, ready).await;
+            let _ = stop_tx.send(());
+            server
+                .await
+                .context("metrics server")?
+                .context("metrics server")?;
+            Ok(())
+        }
+        Command::Runner {
+            result_file,
+            workdir,
+            packer,
+        } => {
+            init_logging(cli.log_format);
+            let raw =
+                std::env::var(REQUEST_ENV).with_context(|| format!("{REQUEST_ENV} is not set"))?;
+            let request: BuildRequest = serde_json::from_str(&raw)
+                .with_context(|| format!("{REQUEST_ENV} is not a build request"))?;
+            let redactor = Redactor::from_env();
+            let options = RunnerOptions { packer, workdir };
+            let result = match runner::run(&request, &options, &redactor).await {
+                Ok(result) => result,
+                Err(e) => runner::RunnerResult {
+                    build_id: request.build_id.clone(),
+                    outcome: Outcome::Failed,
+                    artifacts: vec![],
+                    message: Some(redactor.redact(&e.to_string())),
+                    packer_version: None,
+                },
+            };
+            std::fs::write(&result_file, serde_json::to_vec(&result)?)
+                .with_context(|| format!("writing {}", result_file.display()))?;
+            tracing::info!(build_id = %result.build_id, outcome = ?result.outcome, "runner finished");
+            if result.outcome != Outcome::Succeeded {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -98,6 +98,7 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver (and kube-controller-manager when asked)
     /// and waits until the apiserver reports ready.
     pub async fn start(options: Options) -> Result<Self, Error> {
+        crate::install_crypto_provider();
         let assets = match options.assets.clone() {
             Some(dir) => dir,
             None => find_assets().await?,

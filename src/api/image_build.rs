@@ -115,7 +115,7 @@ pub struct ImageBuildSpec {
     #[schemars(extend(
         "pattern" = super::common::DURATION_PATTERN,
         "x-kubernetes-validations" = [{
-            "rule": "duration(self) >= duration('1m') && duration(self) <= duration('48h')",
+            "rule": "!self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || (duration(self) >= duration('1m') && duration(self) <= duration('48h'))",
             "message": "spec.timeout must be between 1m and 48h"
         }]
     ))]
@@ -570,9 +570,30 @@ pub struct ImageBuildStatus {
     #[schemars(length(max = 10))]
     pub history: Vec<BuildRecord>,
 
+    /// The last failure of the build being attempted, for retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailureRecord>,
+
     /// The last `reconcile.fluxcd.io/requestedAt` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+}
+
+/// Failed attempts at one build, which decide the next retry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    /// The build (spec hash and trigger) that failed.
+    pub build_key: String,
+    /// Attempts that failed so far.
+    pub failed_attempts: i32,
+    /// Whether retrying can help (false for templates Packer refuses).
+    pub retryable: bool,
+    /// The last error, secrets redacted.
+    pub message: String,
+    /// When the next attempt may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
 }
 
 /// The phases of an ImageBuild.
@@ -599,6 +620,8 @@ pub struct ImageRecord {
     pub version: String,
     /// The build that produced it.
     pub build_id: String,
+    /// The build's identity without the attempt: spec hash and trigger.
+    pub build_key: String,
     /// Hash of the spec it was built from.
     pub spec_hash: String,
     /// Revision of the template source (Git commit, artifact digest).
@@ -627,6 +650,8 @@ pub struct RegionArtifact {
 pub struct CurrentBuild {
     /// Deterministic ID: object UID, spec hash and attempt.
     pub build_id: String,
+    /// The build's identity without the attempt.
+    pub build_key: String,
     /// Spec hash being built.
     pub spec_hash: String,
     /// job or process.

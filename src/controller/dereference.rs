@@ -1,0 +1,298 @@
+//! Step 1 of a reconcile: read what an ImageBuild refers to.
+//!
+//! Missing objects are `InputProblem::Missing` (wait for them), objects that
+//! exist but cannot work are `InputProblem::Invalid` (the user must act);
+//! only apiserver failures are errors.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::Error;
+use crate::{
+    api::{ImageBuild, ProviderType, VariablesFromKind},
+    build::{decide::InputProblem, identity::ResolvedInputs},
+    executor::SecretEnv,
+    provider::{
+        ImageProvider, Unverified,
+        aws::{self, Aws, StaticCredentials},
+    },
+};
+
+/// What a build consumes.
+pub struct Resolved {
+    /// Template text and referenced values, for the spec hash.
+    pub inputs: ResolvedInputs,
+    /// Non-secret variables for the var-file.
+    pub variables: BTreeMap<String, String>,
+    /// Credentials and secret variables, as environment.
+    pub secret_env: Vec<SecretEnv>,
+    /// The provider, with the credentials.
+    pub provider: Box<dyn ImageProvider>,
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_variable_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| String::from_utf8(v.0.clone()).ok().map(|s| (k.clone(), s)))
+        .collect();
+    out.extend(
+        secret
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    out
+}
+
+fn missing(reason: &'static str, message: String) -> InputProblem {
+    InputProblem::Missing { reason, message }
+}
+
+fn invalid(reason: &'static str, message: String) -> InputProblem {
+    InputProblem::Invalid { reason, message }
+}
+
+/// Reads template, variables, credentials and parent of an ImageBuild.
+pub async fn resolve(
+    client: &Client,
+    ib: &ImageBuild,
+) -> Result<Result<Resolved, InputProblem>, Error> {
+    let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
+    let spec = &ib.spec;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut inputs = ResolvedInputs::default();
+    let mut variables = BTreeMap::new();
+    let mut secret_env = Vec::new();
+
+    // Template.
+    if let Some(inline) = &spec.template.inline {
+        inputs.template = inline.clone();
+    } else if let Some(r) = &spec.template.config_map_ref {
+        let Some(cm) = config_maps.get_opt(&r.name).await? else {
+            return Ok(Err(missing(
+                "TemplateNotFound",
+                format!(
+                    "ConfigMap {ns}/{} (spec.template.configMapRef) not found; create it with the template under key {}",
+                    r.name, r.key
+                ),
+            )));
+        };
+        let Some(text) = cm.data.as_ref().and_then(|d| d.get(&r.key)) else {
+            return Ok(Err(invalid(
+                "TemplateNotFound",
+                format!(
+                    "ConfigMap {ns}/{} has no key {} (spec.template.configMapRef.key); add it or fix the key",
+                    r.name, r.key
+                ),
+            )));
+        };
+        inputs.template = text.clone();
+        let digest = Sha256::digest(text.as_bytes());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        inputs.template_revision = Some(format!("configmap/{}@sha256:{hex}", r.name));
+    } else {
+        let which = if spec.template.git.is_some() {
+            "spec.template.git"
+        } else {
+            "spec.template.sourceRef"
+        };
+        return Ok(Err(InputProblem::Unsupported {
+            message: format!(
+                "{which} is not supported by this version of kiln yet; use spec.template.inline or spec.template.configMapRef"
+            ),
+        }));
+    }
+
+    // Variables from ConfigMaps and Secrets; later entries win.
+    for (i, source) in spec.variables_from.iter().enumerate() {
+        match source.kind {
+            VariablesFromKind::ConfigMap => match config_maps.get_opt(&source.name).await? {
+                Some(cm) => {
+                    for (k, v) in cm.data.unwrap_or_default() {
+                        if is_variable_name(&k) {
+                            inputs.referenced_variables.insert(k.clone(), v.clone());
+                            variables.insert(k, v);
+                        }
+                    }
+                }
+                None if source.optional => {}
+                None => {
+                    return Ok(Err(missing(
+                        "VariablesNotFound",
+                        format!(
+                            "ConfigMap {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
+                            source.name
+                        ),
+                    )));
+                }
+            },
+            VariablesFromKind::Secret => match secrets.get_opt(&source.name).await? {
+                Some(secret) => {
+                    for (k, v) in secret_strings(&secret) {
+                        if is_variable_name(&k) && is_env_name(&k.replace('-', "_")) {
+                            // Secret values reach Packer as PKR_VAR_* environment only.
+                            inputs.referenced_variables.insert(k.clone(), v.clone());
+                            secret_env.retain(|e: &SecretEnv| e.name != format!("PKR_VAR_{k}"));
+                            secret_env.push(SecretEnv {
+                                name: format!("PKR_VAR_{k}"),
+                                secret: source.name.clone(),
+                                key: k,
+                                value: v,
+                            });
+                        }
+                    }
+                }
+                None if source.optional => {}
+                None => {
+                    return Ok(Err(missing(
+                        "VariablesNotFound",
+                        format!(
+                            "Secret {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
+                            source.name
+                        ),
+                    )));
+                }
+            },
+        }
+    }
+    variables.extend(spec.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    // Parent image: the parent's image in the region Packer builds in.
+    if let Some(parent) = &spec.parent {
+        let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+        let Some(p) = builds.get_opt(&parent.name).await? else {
+            return Ok(Err(missing(
+                "ParentNotFound",
+                format!(
+                    "ImageBuild {ns}/{} (spec.parent.name) not found",
+                    parent.name
+                ),
+            )));
+        };
+        let Some(latest) = p.status.as_ref().and_then(|s| s.latest_image.as_ref()) else {
+            return Ok(Err(missing(
+                "ParentNotReady",
+                format!(
+                    "waiting for parent ImageBuild {ns}/{} to produce an image",
+                    parent.name
+                ),
+            )));
+        };
+        let region = spec.provider.regions.first().cloned().unwrap_or_default();
+        let Some(image) = latest.artifacts.iter().find(|a| a.region == region) else {
+            return Ok(Err(invalid(
+                "ParentRegionMismatch",
+                format!(
+                    "parent ImageBuild {ns}/{} has no image in region {region}; add {region} to the parent's spec.provider.regions",
+                    parent.name
+                ),
+            )));
+        };
+        inputs
+            .referenced_variables
+            .insert(parent.variable.clone(), image.image_id.clone());
+        variables.insert(parent.variable.clone(), image.image_id.clone());
+    }
+
+    // Credentials: every key with an environment-variable name becomes one.
+    let mut credentials = BTreeMap::new();
+    if let Some(c) = &spec.provider.credentials {
+        let name = &c.secret_ref.name;
+        let Some(secret) = secrets.get_opt(name).await? else {
+            let hint = match spec.provider.type_ {
+                ProviderType::Aws => " with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                ProviderType::Digitalocean => " with DIGITALOCEAN_TOKEN",
+                _ => "",
+            };
+            return Ok(Err(missing(
+                "CredentialsNotFound",
+                format!(
+                    "Secret {ns}/{name} (spec.provider.credentials.secretRef) not found; create it{hint}"
+                ),
+            )));
+        };
+        credentials = secret_strings(&secret);
+        let lacking: Vec<&str> = match spec.provider.type_ {
+            ProviderType::Aws => aws::REQUIRED_KEYS
+                .iter()
+                .copied()
+                .filter(|k| !credentials.contains_key(*k))
+                .collect(),
+            ProviderType::Digitalocean
+                if !credentials.contains_key("DIGITALOCEAN_TOKEN")
+                    && !credentials.contains_key("DIGITALOCEAN_API_TOKEN") =>
+            {
+                vec!["DIGITALOCEAN_TOKEN"]
+            }
+            _ => vec![],
+        };
+        if !lacking.is_empty() {
+            return Ok(Err(invalid(
+                "CredentialsInvalid",
+                format!(
+                    "Secret {ns}/{name} (spec.provider.credentials.secretRef) lacks {}; add {} to the Secret",
+                    lacking.join(", "),
+                    if lacking.len() == 1 { "it" } else { "them" }
+                ),
+            )));
+        }
+        for (k, v) in &credentials {
+            if is_env_name(k) {
+                secret_env.push(SecretEnv {
+                    name: k.clone(),
+                    secret: name.clone(),
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+            }
+        }
+    }
+
+    let provider: Box<dyn ImageProvider> = match spec.provider.type_ {
+        ProviderType::Aws => {
+            let creds = match (
+                credentials.get("AWS_ACCESS_KEY_ID"),
+                credentials.get("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Some(id), Some(secret)) => Some(StaticCredentials {
+                    access_key_id: id.clone(),
+                    secret_access_key: secret.clone(),
+                    session_token: credentials.get("AWS_SESSION_TOKEN").cloned(),
+                }),
+                _ => None,
+            };
+            Box::new(Aws::new(spec.provider.endpoint.clone(), creds))
+        }
+        ProviderType::Gcp => Box::new(Unverified("GCP")),
+        ProviderType::Azure => Box::new(Unverified("Azure")),
+        ProviderType::Digitalocean => Box::new(Unverified("DigitalOcean")),
+        ProviderType::Openstack => Box::new(Unverified("OpenStack")),
+    };
+
+    Ok(Ok(Resolved {
+        inputs,
+        variables,
+        secret_env,
+        provider,
+    }))
+}

@@ -1,0 +1,172 @@
+//! The controller: a kube-runtime `Controller` over ImageBuilds, with the
+//! clients, event recorder, executors and metrics in one [`Context`].
+
+mod dereference;
+mod image_build;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::{
+    Api, Client,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    api::{ExecutorType, ImageBuild},
+    executor::{ExecutorError, job::JobExecutor, process::ProcessExecutor},
+    metrics::Metrics,
+    provider::ProviderError,
+};
+
+pub use image_build::reconcile;
+
+/// The field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "kiln";
+/// Annotation that forces a rebuild, Flux's convention.
+pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+/// kiln's own spelling of the same, for clusters without Flux habits.
+pub const KILN_REQUESTED_AT: &str = "kiln.dev/requestedAt";
+
+/// How the controller runs builds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Executor for ImageBuilds that do not name one.
+    pub default_executor: ExecutorType,
+    /// Image of build Jobs (carries kiln and packer).
+    pub runner_image: String,
+    /// The kiln binary the process executor runs.
+    pub runner_path: PathBuf,
+    /// Where process builds work.
+    pub workroot: PathBuf,
+    /// Watch only this namespace.
+    pub namespace: Option<String>,
+    /// How often a Ready ImageBuild is looked at again (template ConfigMaps
+    /// and parents may have changed).
+    pub resync: Duration,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: Config,
+    /// Child-process builds.
+    pub process: ProcessExecutor,
+    /// Job builds.
+    pub jobs: JobExecutor,
+    /// Reconciles an ImageBuild when its process build ends.
+    pub finished: mpsc::UnboundedSender<ObjectRef<ImageBuild>>,
+}
+
+/// Reconcile errors: all transient (the user cannot fix them by editing the
+/// object), so they back off and retry. User errors become Stalled status
+/// instead of errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The apiserver failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An executor failed to start, observe or stop a build.
+    #[error("executor: {0}")]
+    Executor(#[from] ExecutorError),
+    /// The provider could not be reached.
+    #[error("provider: {0}")]
+    Provider(#[from] ProviderError),
+    /// The object lacks metadata the apiserver always sets.
+    #[error("object has no {0}")]
+    Metadata(&'static str),
+}
+
+impl Error {
+    /// The label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Executor(_) => "executor",
+            Error::Provider(_) => "provider",
+            Error::Metadata(_) => "metadata",
+        }
+    }
+}
+
+fn error_policy(ib: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.kind());
+    tracing::warn!(
+        namespace = ib.metadata.namespace.as_deref().unwrap_or_default(),
+        name = ib.metadata.name.as_deref().unwrap_or_default(),
+        %error,
+        "reconcile failed; retrying"
+    );
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let (finished, finished_rx) = mpsc::unbounded_channel();
+    let instance = std::env::var("POD_NAME").ok();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kiln".into(),
+            instance,
+        },
+    );
+    let ctx = Arc::new(Context {
+        process: ProcessExecutor::new(config.runner_path.clone(), config.workroot.clone()),
+        jobs: JobExecutor::new(client.clone(), config.runner_image.clone()),
+        client: client.clone(),
+        recorder,
+        metrics,
+        finished,
+        config: config.clone(),
+    });
+    let (builds, jobs): (Api<ImageBuild>, Api<Job>) = match &config.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let finished_stream = futures::stream::unfold(finished_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(executor = ?config.default_executor, namespace = config.namespace.as_deref().unwrap_or("<all>"), "controller started");
+    Controller::new(builds, watcher::Config::default())
+        .owns(
+            jobs,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
+        )
+        .reconcile_on(finished_stream)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("controller stopped");
+}

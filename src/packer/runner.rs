@@ -1,0 +1,501 @@
+//! `kiln runner`: one Packer build, the same code path for both executors.
+//!
+//! It materializes the template, writes the variables to a var-file (adding
+//! kiln's own where the template declares them), runs `packer init` when the
+//! template needs plugins and Packer has it, `packer validate`, then
+//! `packer build -machine-readable`, and reports a [`RunnerResult`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+use super::{
+    Version,
+    artifacts::{BuilderKind, region_artifacts},
+    declared_variables,
+    machine_readable::Summary,
+};
+use crate::api::{ProviderType, RegionArtifact};
+
+/// Environment variable carrying the [`BuildRequest`] as JSON.
+pub const REQUEST_ENV: &str = "KILN_BUILD_REQUEST";
+/// Environment variable naming (comma-separated) the variables whose values
+/// are secret and must be redacted from every message.
+pub const SECRET_ENV: &str = "KILN_SECRET_ENV";
+/// Longest message a result carries; a Pod's termination message holds 4 KiB.
+pub const MAX_MESSAGE: usize = 1500;
+
+/// What to build. Holds no secret: secret values reach the runner as
+/// environment (`PKR_VAR_*` and provider credentials), never in here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRequest {
+    /// The deterministic build ID.
+    pub build_id: String,
+    /// Namespace of the ImageBuild.
+    pub namespace: String,
+    /// Name of the ImageBuild.
+    pub name: String,
+    /// Hash of the spec being built.
+    pub spec_hash: String,
+    /// Provider type.
+    pub provider: ProviderType,
+    /// Regions, the first being where Packer builds.
+    pub regions: Vec<String>,
+    /// Endpoint override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The template's HCL.
+    pub template: String,
+    /// Non-secret variables.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// `YYYY-MM-DD-HHMM` of the build's start, for image names.
+    pub timestamp: String,
+}
+
+impl BuildRequest {
+    /// The variables kiln offers every template; set only where declared.
+    pub fn kiln_variables(&self) -> BTreeMap<&'static str, serde_json::Value> {
+        let mut vars = BTreeMap::from([
+            ("kiln_build_id", self.build_id.clone().into()),
+            ("kiln_timestamp", self.timestamp.clone().into()),
+            ("kiln_namespace", self.namespace.clone().into()),
+            ("kiln_image_build", self.name.clone().into()),
+            ("kiln_spec_hash", self.spec_hash.clone().into()),
+            ("kiln_regions", serde_json::json!(self.regions)),
+            (
+                "kiln_region",
+                self.regions.first().cloned().unwrap_or_default().into(),
+            ),
+        ]);
+        if let Some(endpoint) = &self.endpoint {
+            vars.insert("kiln_endpoint", endpoint.clone().into());
+        }
+        vars
+    }
+}
+
+/// How a run ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Packer built the images.
+    Succeeded,
+    /// `packer validate` refused the template or its variables: the user must
+    /// change something, retrying is pointless.
+    Invalid,
+    /// `packer build` (or init) failed; a retry may succeed.
+    Failed,
+}
+
+/// The runner's report, small enough for a termination message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerResult {
+    /// The build it ran.
+    pub build_id: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Images per region.
+    #[serde(default)]
+    pub artifacts: Vec<RegionArtifact>,
+    /// Last error lines, secrets redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Packer's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packer_version: Option<String>,
+}
+
+/// Replaces secret values in text.
+#[derive(Clone, Debug, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// Redacts these values (very short ones would redact ordinary words, and
+    /// are not credentials anyway).
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut secrets: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Redactor { secrets }
+    }
+
+    /// Reads the values of the variables listed in `KILN_SECRET_ENV`.
+    pub fn from_env() -> Self {
+        let names = std::env::var(SECRET_ENV).unwrap_or_default();
+        Self::new(
+            names
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .filter_map(|n| std::env::var(n).ok()),
+        )
+    }
+
+    /// The text with every secret replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |acc, s| {
+            acc.replace(s.as_str(), "[redacted]")
+        })
+    }
+}
+
+/// Keeps the last characters of a message, on a line boundary where possible.
+pub fn tail(text: &str, max: usize) -> String {
+    let text = text.trim();
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let cut = &text[start..];
+    let cut = cut.split_once('\n').map_or(cut, |(_, rest)| rest);
+    format!("...\n{cut}")
+}
+
+/// Where and how the runner works.
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// The packer binary.
+    pub packer: PathBuf,
+    /// Directory to work in (created; the template and var-file go here).
+    pub workdir: PathBuf,
+}
+
+/// Why the runner could not even start Packer.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// Local I/O.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// Runs one build and reports what happened. Packer failures are results, not
+/// errors; only local I/O problems are errors.
+pub async fn run(
+    request: &BuildRequest,
+    options: &RunnerOptions,
+    redactor: &Redactor,
+) -> Result<RunnerResult, RunnerError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |e| RunnerError::Io(what, e)
+    };
+    let dir = &options.workdir;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(io("creating the work directory"))?;
+    tokio::fs::write(dir.join("template.pkr.hcl"), &request.template)
+        .await
+        .map_err(io("writing the template"))?;
+
+    let declared = declared_variables(&request.template);
+    let var_file = dir.join("kiln.pkrvars.json");
+    let vars = var_file_contents(request, &declared);
+    tokio::fs::write(
+        &var_file,
+        serde_json::to_vec_pretty(&vars).unwrap_or_default(),
+    )
+    .await
+    .map_err(io("writing the var-file"))?;
+
+    let result =
+        |outcome, message: Option<String>, artifacts, version: Option<Version>| RunnerResult {
+            build_id: request.build_id.clone(),
+            outcome,
+            artifacts,
+            message: message.map(|m| tail(&redactor.redact(&m), MAX_MESSAGE)),
+            packer_version: version.map(|v| v.to_string()),
+        };
+
+    let version_out = match packer(options, dir, &["version"]).await {
+        Ok(out) => out,
+        Err(e) => {
+            return Ok(result(
+                Outcome::Failed,
+                Some(format!("cannot run {}: {e}", options.packer.display())),
+                vec![],
+                None,
+            ));
+        }
+    };
+    let version = Version::parse(&version_out.stdout);
+    tracing::info!(build_id = %request.build_id, packer = ?version.map(|v| v.to_string()), "packer found");
+
+    if request.template.contains("required_plugins") {
+        match version {
+            Some(v) if v.has_init() => {
+                let init = packer(options, dir, &["init", "."])
+                    .await
+                    .map_err(io("running packer init"))?;
+                if !init.success {
+                    return Ok(result(
+                        Outcome::Failed,
+                        Some(format!("packer init failed:\n{}", init.combined())),
+                        vec![],
+                        version,
+                    ));
+                }
+            }
+            _ => tracing::warn!(
+                "template declares required_plugins but this Packer has no `init`; relying on installed plugins"
+            ),
+        }
+    }
+
+    let var_arg = format!("-var-file={}", var_file.display());
+    let validate = packer(options, dir, &["validate", &var_arg, "."])
+        .await
+        .map_err(io("running packer validate"))?;
+    if !validate.success {
+        return Ok(result(
+            Outcome::Invalid,
+            Some(format!("packer validate failed:\n{}", validate.combined())),
+            vec![],
+            version,
+        ));
+    }
+
+    let build = packer_streaming(
+        options,
+        dir,
+        &["build", "-machine-readable", "-color=false", &var_arg, "."],
+        redactor,
+    )
+    .await
+    .map_err(io("running packer build"))?;
+    let summary = Summary::from_output(&build.stdout);
+    if !build.success {
+        let errors = if summary.errors.is_empty() {
+            build.combined()
+        } else {
+            summary.errors.join("\n")
+        };
+        return Ok(result(
+            Outcome::Failed,
+            Some(format!("packer build failed:\n{errors}")),
+            vec![],
+            version,
+        ));
+    }
+
+    let mut artifacts = Vec::new();
+    for a in &summary.artifacts {
+        let Some(kind) = BuilderKind::from_builder_id(&a.builder_id) else {
+            continue;
+        };
+        match region_artifacts(kind, &a.builder_id, &a.id, &request.regions) {
+            Ok(mut regional) => artifacts.append(&mut regional),
+            Err(e) => {
+                return Ok(result(
+                    Outcome::Failed,
+                    Some(e.to_string()),
+                    vec![],
+                    version,
+                ));
+            }
+        }
+    }
+    artifacts.sort_by(|a, b| (&a.region, &a.image_id).cmp(&(&b.region, &b.image_id)));
+    artifacts.dedup();
+    if artifacts.is_empty() {
+        return Ok(result(
+            Outcome::Failed,
+            Some("packer build succeeded but reported no cloud image artifact".into()),
+            vec![],
+            version,
+        ));
+    }
+    if let Some(mismatch) = cross_check_manifest(dir, &summary).await {
+        return Ok(result(Outcome::Failed, Some(mismatch), vec![], version));
+    }
+    Ok(result(Outcome::Succeeded, None, artifacts, version))
+}
+
+fn var_file_contents(
+    request: &BuildRequest,
+    declared: &BTreeSet<String>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut vars: serde_json::Map<String, serde_json::Value> = request
+        .variables
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    for (name, value) in request.kiln_variables() {
+        if declared.contains(name) {
+            vars.insert(name.to_owned(), value);
+        }
+    }
+    vars
+}
+
+/// The manifest post-processor's file, when the template has one, must name
+/// the same artifacts as the machine-readable stream for this run.
+async fn cross_check_manifest(dir: &Path, summary: &Summary) -> Option<String> {
+    let text = tokio::fs::read_to_string(dir.join("packer-manifest.json"))
+        .await
+        .ok()?;
+    let manifest: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("packer-manifest.json is not valid JSON: {e}")),
+    };
+    let run = manifest
+        .get("last_run_uuid")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let listed: BTreeSet<&str> = manifest
+        .get("builds")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|b| b.get("packer_run_uuid").and_then(|v| v.as_str()) == Some(run))
+        .filter_map(|b| b.get("artifact_id").and_then(|v| v.as_str()))
+        .collect();
+    let streamed: BTreeSet<&str> = summary.artifacts.iter().map(|a| a.id.as_str()).collect();
+    (!listed.is_empty() && !listed.is_subset(&streamed)).then(|| {
+        format!("the manifest post-processor lists artifacts {listed:?} but packer reported {streamed:?}")
+    })
+}
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn combined(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+async fn packer(options: &RunnerOptions, dir: &Path, args: &[&str]) -> std::io::Result<Output> {
+    let out = Command::new(&options.packer)
+        .args(args)
+        .current_dir(dir)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    Ok(Output {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs packer, echoing its `ui` messages to the log as they come (builds
+/// take minutes to hours) and keeping the whole stream for parsing.
+async fn packer_streaming(
+    options: &RunnerOptions,
+    dir: &Path,
+    args: &[&str],
+    redactor: &Redactor,
+) -> std::io::Result<Output> {
+    let mut child = Command::new(&options.packer)
+        .args(args)
+        .current_dir(dir)
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stderr"))?;
+    let err_task = tokio::spawn(async move {
+        let mut buf = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            buf.push_str(&line);
+            buf.push('\n');
+        }
+        buf
+    });
+    let mut all = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(parsed) = super::machine_readable::parse_line(&line)
+            && parsed.kind == "ui"
+            && let Some(text) = parsed.data.get(1)
+        {
+            tracing::info!(target: "kiln::packer", "{}", redactor.redact(text.trim_end()));
+        }
+        all.push_str(&line);
+        all.push('\n');
+    }
+    let status = child.wait().await?;
+    let stderr = err_task.await.unwrap_or_default();
+    Ok(Output {
+        success: status.success(),
+        stdout: all,
+        stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_longest_first() {
+        let r = Redactor::new(vec!["abc".into(), "s3cr3t".into(), "s3cr3t-long".into()]);
+        assert_eq!(
+            r.redact("x s3cr3t-long y s3cr3t abc"),
+            "x [redacted] y [redacted] abc"
+        );
+    }
+
+    #[test]
+    fn tails_on_line_boundaries() {
+        let text = "line one\nline two\nline three";
+        assert_eq!(tail(text, 100), text);
+        assert_eq!(tail(text, 14), "...\nline three");
+    }
+
+    #[test]
+    fn kiln_variables_only_where_declared() {
+        let request = BuildRequest {
+            build_id: "b-1".into(),
+            namespace: "ns".into(),
+            name: "base".into(),
+            spec_hash: "h".into(),
+            provider: ProviderType::Aws,
+            regions: vec!["us-east-1".into(), "eu-west-1".into()],
+            endpoint: Some("http://127.0.0.1:5000".into()),
+            template: String::new(),
+            variables: BTreeMap::from([("flavor".into(), "b".into())]),
+            timestamp: "2026-11-22-1100".into(),
+        };
+        let declared = BTreeSet::from(["kiln_timestamp".to_owned(), "kiln_regions".to_owned()]);
+        let vars = var_file_contents(&request, &declared);
+        assert_eq!(vars["flavor"], "b");
+        assert_eq!(vars["kiln_timestamp"], "2026-11-22-1100");
+        assert_eq!(
+            vars["kiln_regions"],
+            serde_json::json!(["us-east-1", "eu-west-1"])
+        );
+        assert!(!vars.contains_key("kiln_build_id"));
+        assert!(!vars.contains_key("kiln_endpoint"));
+    }
+}

@@ -1,0 +1,117 @@
+//! Cloud providers behind one trait: what kiln does with images after Packer
+//! made them. One module per provider.
+
+pub mod aws;
+
+use futures::future::BoxFuture;
+
+use crate::api::RegionArtifact;
+
+/// Tag keys kiln puts on every image (and snapshot) it makes. Retention only
+/// ever touches images that carry them.
+pub mod tags {
+    /// Always `kiln`.
+    pub const MANAGED_BY: &str = "kiln.dev/managed-by";
+    /// Namespace of the owning ImageBuild.
+    pub const NAMESPACE: &str = "kiln.dev/namespace";
+    /// Name of the owning ImageBuild.
+    pub const IMAGE_BUILD: &str = "kiln.dev/image-build";
+    /// The build that made the image.
+    pub const BUILD_ID: &str = "kiln.dev/build-id";
+    /// The spec hash it was built from.
+    pub const SPEC_HASH: &str = "kiln.dev/spec-hash";
+    /// Set (to anything) by a user to protect an image from retention.
+    pub const KEEP: &str = "kiln.dev/keep";
+}
+
+/// Who owns an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Namespace of the ImageBuild.
+    pub namespace: String,
+    /// Name of the ImageBuild.
+    pub image_build: String,
+    /// Build ID.
+    pub build_id: String,
+    /// Spec hash.
+    pub spec_hash: String,
+}
+
+impl Owner {
+    /// The owner tags as key/value pairs.
+    pub fn tags(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (tags::MANAGED_BY, "kiln".to_owned()),
+            (tags::NAMESPACE, self.namespace.clone()),
+            (tags::IMAGE_BUILD, self.image_build.clone()),
+            (tags::BUILD_ID, self.build_id.clone()),
+            (tags::SPEC_HASH, self.spec_hash.clone()),
+        ]
+    }
+}
+
+/// What can go wrong at a provider, sorted by what the controller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The user must fix the spec or the credentials (stall).
+    #[error("{0}")]
+    Invalid(String),
+    /// An image Packer reported is not there (the build counts as failed).
+    #[error("image {image_id} in {region} does not exist at the provider")]
+    ImageMissing {
+        /// Region.
+        region: String,
+        /// Image ID.
+        image_id: String,
+    },
+    /// The call failed; retry later.
+    #[error("{operation} in {region}: {message}")]
+    Api {
+        /// The API operation.
+        operation: &'static str,
+        /// Region.
+        region: String,
+        /// The provider's message.
+        message: String,
+    },
+}
+
+/// What kiln does with images at a provider.
+pub trait ImageProvider: Send + Sync {
+    /// Checks, before a build, that the regions exist at this endpoint.
+    fn check_regions<'a>(
+        &'a self,
+        regions: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+
+    /// Confirms each image exists and tags it (and its snapshots) as owned.
+    /// Returns a note for the status when the provider cannot do either.
+    fn claim<'a>(
+        &'a self,
+        artifacts: &'a [RegionArtifact],
+        owner: &'a Owner,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>>;
+}
+
+/// Providers kiln does not yet verify or tag: images are recorded as Packer
+/// reported them.
+pub struct Unverified(pub &'static str);
+
+impl ImageProvider for Unverified {
+    fn check_regions<'a>(&'a self, _: &'a [String]) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        _: &'a [RegionArtifact],
+        _: &'a Owner,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
+        Box::pin(async move {
+            Ok(Some(format!(
+                "{} images are recorded as Packer reported them; kiln does not tag them yet",
+                self.0
+            )))
+        })
+    }
+}
