@@ -494,3 +494,102 @@ current-context: kiln-testenv
         key = b64(key),
     )
 }
+
+/// moto's EC2 stand-in, on loopback with a random port. Dropping it stops it.
+pub struct Moto {
+    child: Child,
+    endpoint: String,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts `moto_server` from `PATH`, or from the venv `hack/setup.sh`
+    /// makes, and waits until it answers.
+    pub async fn start() -> Result<Self, Error> {
+        let bin = which("moto_server").unwrap_or_else(|| {
+            let cache = std::env::var_os("KILN_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_default()
+                        .join(".cache/kiln")
+                });
+            cache.join("venv/bin/moto_server")
+        });
+        if !bin.is_file() {
+            return Err(Error::MissingBinary(bin));
+        }
+        let port = free_port()?;
+        let log_dir = tempfile::Builder::new()
+            .prefix("kiln-moto-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let log = log_dir.path().join("moto.log");
+        let child = spawn(
+            &bin,
+            &[
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            &log,
+        )?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut moto = Moto {
+            child,
+            endpoint,
+            _log_dir: log_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(moto);
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(Error::NotReady {
+                    component: "moto_server",
+                    reason: format!("exited with {status}"),
+                    log,
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    component: "moto_server",
+                    reason: "no answer after 30s".into(),
+                    log: String::new(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The EC2 endpoint URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Finds an executable on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,212 @@
+//! ImageBuild end to end on AWS: a real control plane, moto as EC2, Debian's
+//! packer, and `kiln controller` with the process executor.
+
+mod support;
+
+use std::time::Duration;
+
+use kiln::{api::ImageBuild, provider::tags};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::*;
+
+const NS: &str = "images";
+const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[tokio::test]
+async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
+    let env = Env::start(false).await;
+    env.namespace(NS).await;
+    env.aws_secret(
+        NS,
+        "aws",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    )
+    .await;
+    let controller = env
+        .controller("c1", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let regions = ["us-east-1", "eu-west-1"];
+    api.create(
+        &PostParams::default(),
+        &image_build(
+            "app",
+            env.moto.endpoint(),
+            &regions,
+            json!({"flavor": "one"}),
+        ),
+    )
+    .await
+    .expect("create");
+
+    // First build: Ready, an AMI per region, kiln's tags on AMIs and snapshots.
+    let ib = wait_for(&api, "app", BUILD_TIMEOUT, &controller.log, is_ready).await;
+    let status = ib.status.clone().expect("status");
+    let latest = status.latest_image.clone().expect("latestImage");
+    let mut got_regions: Vec<&str> = latest.artifacts.iter().map(|a| a.region.as_str()).collect();
+    got_regions.sort();
+    assert_eq!(got_regions, vec!["eu-west-1", "us-east-1"]);
+    assert!(status.current_build.is_none());
+    assert_eq!(status.history.len(), 1);
+    assert_eq!(status.observed_generation, ib.metadata.generation);
+    assert!(
+        latest.version.len() == "2026-11-22-1100".len(),
+        "version is YYYY-MM-DD-HHMM: {}",
+        latest.version
+    );
+    let aws = env.ec2();
+    for a in &latest.artifacts {
+        let images = amis(&aws, &a.region).await;
+        let image = images
+            .iter()
+            .find(|i| i.image_id() == Some(a.image_id.as_str()))
+            .unwrap_or_else(|| panic!("{} missing in {}", a.image_id, a.region));
+        assert_eq!(tag(image, tags::MANAGED_BY), Some("kiln"));
+        assert_eq!(tag(image, tags::NAMESPACE), Some(NS));
+        assert_eq!(tag(image, tags::IMAGE_BUILD), Some("app"));
+        assert_eq!(tag(image, tags::BUILD_ID), Some(latest.build_id.as_str()));
+        assert_eq!(tag(image, tags::SPEC_HASH), Some(latest.spec_hash.as_str()));
+        let snapshots: Vec<String> = image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+            .collect();
+        assert!(!snapshots.is_empty(), "AMI {} has snapshots", a.image_id);
+        let snaps = aws
+            .client(&a.region)
+            .await
+            .describe_snapshots()
+            .set_snapshot_ids(Some(snapshots))
+            .send()
+            .await
+            .expect("snapshots");
+        for s in snaps.snapshots() {
+            assert!(
+                s.tags().iter().any(|t| t.key() == Some(tags::BUILD_ID)
+                    && t.value() == Some(latest.build_id.as_str())),
+                "snapshot {:?} carries the build id",
+                s.snapshot_id()
+            );
+        }
+    }
+    let first = latest.clone();
+
+    // A changed variable builds a second AMI and moves latestImage.
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"variables": {"flavor": "two"}}})),
+    )
+    .await
+    .expect("patch");
+    let ib = wait_for(&api, "app", BUILD_TIMEOUT, &controller.log, |ib| {
+        is_ready(ib)
+            && ib
+                .status
+                .as_ref()
+                .and_then(|s| s.latest_image.as_ref())
+                .is_some_and(|l| l.build_id != first.build_id)
+    })
+    .await;
+    let second = ib
+        .status
+        .clone()
+        .and_then(|s| s.latest_image)
+        .expect("latest");
+    assert_ne!(second.spec_hash, first.spec_hash);
+    for region in regions {
+        let ids: Vec<String> = amis(&aws, region)
+            .await
+            .iter()
+            .filter_map(|i| i.image_id().map(str::to_owned))
+            .collect();
+        assert_eq!(ids.len(), 2, "two AMIs in {region}: {ids:?}");
+    }
+    assert_eq!(ib.status.as_ref().map(|s| s.history.len()), Some(2));
+
+    // Restarting the controller with nothing changed builds nothing.
+    let exit = controller.stop().await;
+    assert!(
+        exit.success(),
+        "controller exits cleanly on SIGTERM: {exit}"
+    );
+    let controller = env
+        .controller("c2", &["--default-executor", "process"])
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let ib = api.get("app").await.expect("get");
+    assert!(is_ready(&ib));
+    assert_eq!(
+        ib.status
+            .as_ref()
+            .and_then(|s| s.latest_image.as_ref())
+            .map(|l| l.build_id.clone()),
+        Some(second.build_id.clone())
+    );
+    for region in regions {
+        assert_eq!(
+            amis(&aws, region).await.len(),
+            2,
+            "no new AMI in {region} after a restart"
+        );
+    }
+    assert!(
+        !controller.log_text().contains("build started"),
+        "restarted controller started nothing:\n{}",
+        controller.log_text()
+    );
+
+    // requestedAt forces exactly one rebuild per new value, mirrored to status.
+    let request = json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "2026-11-22T11:00:00Z"}}});
+    api.patch("app", &PatchParams::default(), &Patch::Merge(request))
+        .await
+        .expect("annotate");
+    let ib = wait_for(&api, "app", BUILD_TIMEOUT, &controller.log, |ib| {
+        is_ready(ib)
+            && ib
+                .status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some("2026-11-22T11:00:00Z")
+            && ib
+                .status
+                .as_ref()
+                .and_then(|s| s.latest_image.as_ref())
+                .is_some_and(|l| l.build_id != second.build_id)
+    })
+    .await;
+    let third = ib
+        .status
+        .clone()
+        .and_then(|s| s.latest_image)
+        .expect("latest");
+    assert_eq!(
+        third.spec_hash, second.spec_hash,
+        "a forced rebuild builds the same spec"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        amis(&aws, "us-east-1").await.len(),
+        3,
+        "one rebuild per requestedAt value"
+    );
+
+    let metrics = controller.metrics_text().await;
+    assert!(
+        metrics.contains("kiln_builds_succeeded_total{executor=\"process\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kiln_build_duration_seconds_count"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kiln_reconciles_total"), "{metrics}");
+    controller.stop().await;
+}

@@ -1,0 +1,320 @@
+//! Shared by the integration tests: a control plane with the CRDs, moto, and
+//! `kiln controller` as a real child process.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kiln::{
+    api::ImageBuild,
+    testenv::{ControlPlane, Moto, Options},
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use tokio::process::{Child, Command};
+
+/// A template that builds an AMI in moto with Debian's packer 1.6.6 (no
+/// communicator, so no instance is ever contacted) and copies it to the other
+/// regions.
+pub const AMAZON_TEMPLATE: &str = r#"
+variable "kiln_build_id" { type = string }
+variable "kiln_endpoint" { type = string }
+variable "kiln_regions" { type = list(string) }
+variable "flavor" {
+  type    = string
+  default = "plain"
+}
+variable "source_ami" {
+  type    = string
+  default = "ami-1e749f67"
+}
+source "amazon-ebs" "app" {
+  region                 = var.kiln_regions[0]
+  ami_regions            = slice(var.kiln_regions, 1, length(var.kiln_regions))
+  source_ami             = var.source_ami
+  instance_type          = "t2.micro"
+  communicator           = "none"
+  custom_endpoint_ec2    = var.kiln_endpoint
+  skip_region_validation = true
+  ami_name               = "app-${var.flavor}-${var.kiln_build_id}"
+}
+build {
+  sources = ["source.amazon-ebs.app"]
+  post-processor "manifest" {}
+}
+"#;
+
+/// Everything an end-to-end test talks to.
+pub struct Env {
+    pub plane: ControlPlane,
+    pub client: Client,
+    pub moto: Moto,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn start(controller_manager: bool) -> Env {
+        let plane = ControlPlane::start(Options {
+            controller_manager,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+        let client = plane.admin_client().await.expect("admin client");
+        kiln::crdgen::apply(&client, Duration::from_secs(30))
+            .await
+            .expect("CRDs");
+        let moto = Moto::start().await.unwrap_or_else(|e| panic!("moto: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        Env {
+            plane,
+            client,
+            moto,
+            dir,
+        }
+    }
+
+    pub async fn namespace(&self, name: &str) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace");
+    }
+
+    pub async fn aws_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            string_data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &secret)
+            .await
+            .expect("secret");
+    }
+
+    pub async fn controller(&self, name: &str, args: &[&str]) -> KilnController {
+        KilnController::start(
+            &self.plane.admin_kubeconfig_path(),
+            &self.dir.path().join(name),
+            args,
+        )
+        .await
+    }
+
+    pub fn ec2(&self) -> kiln::provider::aws::Aws {
+        kiln::provider::aws::Aws::new(
+            Some(self.moto.endpoint().to_owned()),
+            Some(kiln::provider::aws::StaticCredentials {
+                access_key_id: "testing".into(),
+                secret_access_key: "testing".into(),
+                session_token: None,
+            }),
+        )
+    }
+}
+
+/// `kiln controller` as a child process, stopped with SIGTERM.
+pub struct KilnController {
+    pub child: Child,
+    pub log: PathBuf,
+    pub metrics: String,
+}
+
+impl KilnController {
+    pub async fn start(kubeconfig: &Path, dir: &Path, args: &[&str]) -> KilnController {
+        std::fs::create_dir_all(dir).expect("controller dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let log = dir.join(format!("controller-{port}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("controller")
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--workdir")
+            .arg(dir.join("builds"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kiln=debug,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kiln controller");
+        let metrics = format!("http://127.0.0.1:{port}");
+        let c = KilnController {
+            child,
+            log,
+            metrics,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", c.metrics)).await
+                && r.status().is_success()
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("controller did not become ready:\n{}", c.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a graceful exit.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: sending a signal to our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("controller exits after SIGTERM")
+            .expect("wait")
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.metrics))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+/// Polls an ImageBuild until `done` holds, or panics with its status and the
+/// controller's log.
+pub async fn wait_for(
+    api: &Api<ImageBuild>,
+    name: &str,
+    timeout: Duration,
+    log: &Path,
+    done: impl Fn(&ImageBuild) -> bool,
+) -> ImageBuild {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(ib) = api.get(name).await {
+            if done(&ib) {
+                return ib;
+            }
+            last = Some(ib);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = last
+        .and_then(|ib| ib.status)
+        .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = log
+        .lines()
+        .rev()
+        .take(60)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    panic!(
+        "{name} did not reach the expected state in {timeout:?}; status: {}\n--- controller log ---\n{}",
+        status.unwrap_or_default(),
+        tail.join("\n")
+    );
+}
+
+pub fn condition<'a>(
+    ib: &'a ImageBuild,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    ib.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+pub fn is_ready(ib: &ImageBuild) -> bool {
+    condition(ib, "Ready").is_some_and(|c| c.status == "True")
+        && ib.status.as_ref().and_then(|s| s.observed_generation) == ib.metadata.generation
+}
+
+pub fn is_stalled(ib: &ImageBuild) -> bool {
+    condition(ib, "Stalled").is_some_and(|c| c.status == "True")
+}
+
+/// An ImageBuild of the test template in `regions`, using the process executor.
+pub fn image_build(
+    name: &str,
+    endpoint: &str,
+    regions: &[&str],
+    variables: serde_json::Value,
+) -> ImageBuild {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": {
+                "type": "aws",
+                "regions": regions,
+                "endpoint": endpoint,
+                "credentials": {"secretRef": {"name": "aws"}}
+            },
+            "template": {"inline": AMAZON_TEMPLATE},
+            "variables": variables,
+            "executor": {"type": "process"},
+            "retry": {"limit": 1, "backoff": "1s"}
+        }
+    }))
+    .expect("ImageBuild")
+}
+
+/// AMIs in a region, by ID, with their tags.
+pub async fn amis(aws: &kiln::provider::aws::Aws, region: &str) -> Vec<aws_sdk_ec2::types::Image> {
+    let client = aws.client(region).await;
+    let out = client
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .expect("DescribeImages");
+    out.images().to_vec()
+}
+
+pub fn tag<'a>(image: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {
+    image
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
