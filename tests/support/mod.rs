@@ -35,6 +35,10 @@ variable "source_ami" {
   type    = string
   default = "ami-1e749f67"
 }
+variable "fail" {
+  type    = string
+  default = "no"
+}
 source "amazon-ebs" "app" {
   region                 = var.kiln_regions[0]
   ami_regions            = slice(var.kiln_regions, 1, length(var.kiln_regions))
@@ -47,6 +51,10 @@ source "amazon-ebs" "app" {
 }
 build {
   sources = ["source.amazon-ebs.app"]
+  # Runs where packer runs: lets a test make a build fail after validation.
+  provisioner "shell-local" {
+    inline = ["test '${var.fail}' != 'yes' || { echo 'provisioning failed on purpose' >&2; exit 3; }"]
+  }
   post-processor "manifest" {}
 }
 "#;
