@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod build;
+pub mod child;
 pub mod controller;
 pub mod crdgen;
 pub mod executor;

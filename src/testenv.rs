@@ -369,15 +369,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-    // If the test process dies without unwinding, take the control plane with
-    // it rather than leaving apiservers running.
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    crate::child::die_with_parent(&mut cmd);
     cmd.spawn()
         .map_err(io(format!("starting {}", bin.display())))
 }

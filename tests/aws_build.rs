@@ -210,3 +210,144 @@ async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
     assert!(metrics.contains("kiln_reconciles_total"), "{metrics}");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_process_build_orphaned_by_a_restart_is_failed_and_retried() {
+    let env = Env::start(false).await;
+    env.namespace(NS).await;
+    env.aws_secret(
+        NS,
+        "aws",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    )
+    .await;
+    let controller = env
+        .controller("c1", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let ib = image_build(
+        "slow",
+        env.moto.endpoint(),
+        &["us-east-1"],
+        json!({"pause": "6"}),
+    );
+    api.create(&PostParams::default(), &ib)
+        .await
+        .expect("create");
+    let ib = wait_for(
+        &api,
+        "slow",
+        Duration::from_secs(30),
+        &controller.log,
+        |ib| {
+            ib.status
+                .as_ref()
+                .is_some_and(|s| s.current_build.is_some())
+        },
+    )
+    .await;
+    let first = ib
+        .status
+        .and_then(|s| s.current_build)
+        .expect("currentBuild");
+    assert_eq!(first.attempt, 1);
+
+    // The controller goes away mid-build; its child process goes with it.
+    controller.stop().await;
+    let controller = env
+        .controller("c2", &["--default-executor", "process"])
+        .await;
+    let ib = wait_for(&api, "slow", BUILD_TIMEOUT, &controller.log, is_ready).await;
+    let status = ib.status.expect("status");
+    let failed = status
+        .history
+        .iter()
+        .find(|h| h.build_id == first.build_id)
+        .expect("the orphaned attempt is recorded");
+    assert_eq!(failed.result, kiln::api::BuildResult::Failed);
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("orphaned by a controller restart")),
+        "{failed:?}"
+    );
+    let latest = status.latest_image.expect("latestImage");
+    assert!(
+        latest.build_id.ends_with("-2"),
+        "the retry is attempt 2: {}",
+        latest.build_id
+    );
+    assert_eq!(
+        amis(&env.ec2(), "us-east-1").await.len(),
+        1,
+        "exactly one AMI: the orphan never finished"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
+    let env = Env::start(false).await;
+    env.namespace(NS).await;
+    env.aws_secret(
+        NS,
+        "aws",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    )
+    .await;
+    let controller = env
+        .controller("c", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let mut ib = image_build(
+        "stuck",
+        env.moto.endpoint(),
+        &["us-east-1"],
+        json!({"pause": "600"}),
+    );
+    ib.spec.timeout = Some("1m".parse().expect("duration"));
+    ib.spec.retry.as_mut().expect("retry").limit = 0;
+    api.create(&PostParams::default(), &ib)
+        .await
+        .expect("create");
+    let ib = wait_for(
+        &api,
+        "stuck",
+        Duration::from_secs(150),
+        &controller.log,
+        is_stalled,
+    )
+    .await;
+    let status = ib.status.expect("status");
+    assert_eq!(status.history.len(), 1);
+    assert_eq!(status.history[0].result, kiln::api::BuildResult::Failed);
+    assert!(
+        status.history[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("timeout")),
+        "{:?}",
+        status.history[0]
+    );
+    let ran = status.history[0]
+        .finished_at
+        .0
+        .duration_since(status.history[0].started_at.0)
+        .as_secs();
+    assert!(
+        (60..120).contains(&ran),
+        "stopped at the timeout, after {ran}s"
+    );
+    assert!(
+        amis(&env.ec2(), "us-east-1").await.is_empty(),
+        "the stopped build made no AMI"
+    );
+    controller.stop().await;
+}

@@ -251,3 +251,351 @@ pub fn backoff(spec: &ImageBuildSpec, failed: i32) -> Duration {
     let factor = 2u32.saturating_pow(u32::try_from(failed.max(1) - 1).unwrap_or(0));
     base.saturating_mul(factor).min(cap.max(base))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{ImageBuildStatus, RegionArtifact},
+        build::status,
+        packer::runner::Outcome,
+    };
+
+    const UID: &str = "0b6f7c1e-uid";
+    const HASH: &str = "aaaaaaaaaaaaaaaa";
+
+    fn spec(yaml: &str) -> ImageBuildSpec {
+        serde_yaml_ng::from_str(yaml).expect("spec fixture")
+    }
+
+    fn base_spec() -> ImageBuildSpec {
+        spec(
+            r#"
+provider: {type: aws, regions: [us-east-1]}
+template: {inline: "source x"}
+retry: {limit: 2, backoff: 10s, maxBackoff: 30s}
+"#,
+        )
+    }
+
+    fn status(yaml: &str) -> ImageBuildStatus {
+        serde_yaml_ng::from_str(yaml).expect("status fixture")
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn observe<'a>(
+        spec: &'a ImageBuildSpec,
+        status: &'a ImageBuildStatus,
+        now: &str,
+    ) -> Observation<'a> {
+        Observation {
+            uid: UID,
+            spec,
+            status,
+            requested_at: None,
+            inputs: Ok(HASH.into()),
+            run: None,
+            now: at(now),
+        }
+    }
+
+    fn key(request: &str) -> String {
+        build_key(UID, HASH, request)
+    }
+
+    fn built(key: &str) -> ImageBuildStatus {
+        status(&format!(
+            r#"
+latestImage:
+  version: 2026-11-22-1000
+  buildId: {key}-1
+  buildKey: {key}
+  specHash: {HASH}
+  builtAt: 2026-11-22T10:05:00Z
+  artifacts: [{{region: us-east-1, imageId: ami-1}}]
+"#
+        ))
+    }
+
+    #[test]
+    fn a_new_object_starts_attempt_one() {
+        let (s, st) = (base_spec(), ImageBuildStatus::default());
+        let Decision::Start(start) = decide(&observe(&s, &st, "2026-11-22T10:00:00Z")) else {
+            panic!("expected Start")
+        };
+        assert_eq!(start.attempt, 1);
+        assert_eq!(start.build_id, format!("{}-1", key("")));
+        assert_eq!(start.handles_request, None);
+    }
+
+    #[test]
+    fn the_same_inputs_are_up_to_date_and_new_ones_build() {
+        let (s, st) = (base_spec(), built(&key("")));
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T11:00:00Z")),
+            Decision::UpToDate
+        );
+        let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
+        o.inputs = Ok("bbbbbbbbbbbbbbbb".into());
+        assert!(matches!(decide(&o), Decision::Start(s) if s.spec_hash == "bbbbbbbbbbbbbbbb"));
+    }
+
+    #[test]
+    fn requested_at_forces_one_rebuild_per_value() {
+        let s = base_spec();
+        let st = built(&key(""));
+        let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
+        o.requested_at = Some("r1");
+        let Decision::Start(start) = decide(&o) else {
+            panic!("expected Start")
+        };
+        assert_eq!(start.handles_request.as_deref(), Some("r1"));
+        assert_eq!(start.build_key, key("r1"));
+        // Once built and handled, the same value does nothing.
+        let mut st = built(&key("r1"));
+        st.last_handled_reconcile_at = Some("r1".into());
+        let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
+        o.requested_at = Some("r1");
+        assert_eq!(decide(&o), Decision::UpToDate);
+        o.requested_at = Some("");
+        assert_eq!(
+            decide(&o),
+            Decision::UpToDate,
+            "an empty value is no request"
+        );
+    }
+
+    #[test]
+    fn suspend_starts_nothing_new() {
+        let mut s = base_spec();
+        s.suspend = true;
+        let st = ImageBuildStatus::default();
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T10:00:00Z")),
+            Decision::Suspended
+        );
+        let st = built(&key(""));
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T10:00:00Z")),
+            Decision::UpToDate
+        );
+    }
+
+    fn running(attempt: i32) -> ImageBuildStatus {
+        status(&format!(
+            r#"
+currentBuild:
+  buildId: {k}-{attempt}
+  buildKey: {k}
+  specHash: {HASH}
+  executor: process
+  handle: pid:42
+  attempt: {attempt}
+  startedAt: 2026-11-22T10:00:00Z
+"#,
+            k = key("")
+        ))
+    }
+
+    #[test]
+    fn a_running_build_is_waited_for_until_its_timeout() {
+        let mut s = base_spec();
+        s.timeout = Some("10m".parse().expect("duration"));
+        let st = running(1);
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T10:01:00Z")),
+            Decision::Wait(POLL_RUNNING)
+        );
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T10:09:55Z")),
+            Decision::Wait(Duration::from_secs(5))
+        );
+        assert!(matches!(
+            decide(&observe(&s, &st, "2026-11-22T10:10:00Z")),
+            Decision::TimedOut { .. }
+        ));
+    }
+
+    #[test]
+    fn a_running_build_is_recorded_before_anything_else() {
+        let mut s = base_spec();
+        s.suspend = true;
+        let st = running(1);
+        let result = RunnerResult {
+            build_id: "x".into(),
+            outcome: Outcome::Succeeded,
+            artifacts: vec![],
+            message: None,
+            packer_version: None,
+        };
+        let mut o = observe(&s, &st, "2026-11-22T10:01:00Z");
+        o.run = Some(RunState::Finished(result.clone()));
+        o.inputs = Ok("changed".into());
+        assert_eq!(decide(&o), Decision::Finished(result));
+        o.run = Some(RunState::Lost("gone".into()));
+        assert_eq!(decide(&o), Decision::Lost("gone".into()));
+    }
+
+    #[test]
+    fn failures_back_off_then_stall() {
+        let s = base_spec();
+        let cur = running(1).current_build.expect("current");
+        let t0 = at("2026-11-22T10:02:00Z");
+        let after_one = status::failed(&running(1), &s, &cur, "boom", true, Some(1), t0);
+        assert_eq!(
+            after_one.last_failure.as_ref().map(|f| f.failed_attempts),
+            Some(1)
+        );
+        assert_eq!(
+            decide(&observe(&s, &after_one, "2026-11-22T10:02:05Z")),
+            Decision::RetryAt(at("2026-11-22T10:02:10Z"))
+        );
+        let Decision::Start(retry) = decide(&observe(&s, &after_one, "2026-11-22T10:02:10Z"))
+        else {
+            panic!("expected Start")
+        };
+        assert_eq!(retry.attempt, 2);
+        assert_eq!(retry.build_id, format!("{}-2", key("")));
+
+        // limit 2: attempts 2 and 3 may run; after the third failure, stall.
+        let mut st = after_one;
+        for attempt in 2..=3 {
+            let mut r = running(attempt);
+            r.last_failure = st.last_failure.clone();
+            st = status::failed(
+                &r,
+                &s,
+                r.current_build.as_ref().expect("current"),
+                "boom",
+                true,
+                Some(1),
+                t0,
+            );
+        }
+        assert_eq!(st.last_failure.as_ref().map(|f| f.failed_attempts), Some(3));
+        assert!(
+            st.last_failure
+                .as_ref()
+                .is_some_and(|f| f.next_attempt_at.is_none())
+        );
+        assert!(crate::build::conditions::is_true(&st.conditions, "Stalled"));
+        assert!(matches!(
+            decide(&observe(&s, &st, "2026-11-22T12:00:00Z")),
+            Decision::Stalled {
+                reason: "RetriesExhausted",
+                ..
+            }
+        ));
+        // A new spec starts over.
+        let mut o = observe(&s, &st, "2026-11-22T12:00:00Z");
+        o.inputs = Ok("cccccccccccccccc".into());
+        assert!(matches!(decide(&o), Decision::Start(s) if s.attempt == 1));
+    }
+
+    #[test]
+    fn invalid_templates_stall_without_retry() {
+        let s = base_spec();
+        let cur = running(1).current_build.expect("current");
+        let st = status::failed(
+            &running(1),
+            &s,
+            &cur,
+            "packer validate failed: bad",
+            false,
+            Some(1),
+            at("2026-11-22T10:02:00Z"),
+        );
+        assert!(matches!(
+            decide(&observe(&s, &st, "2026-11-22T11:00:00Z")),
+            Decision::Stalled {
+                reason: "BuildInvalid",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn input_problems_wait_or_stall() {
+        let (s, st) = (base_spec(), ImageBuildStatus::default());
+        let mut o = observe(&s, &st, "2026-11-22T10:00:00Z");
+        o.inputs = Err(InputProblem::Missing {
+            reason: "CredentialsNotFound",
+            message: "Secret x".into(),
+        });
+        assert!(matches!(
+            decide(&o),
+            Decision::Waiting {
+                reason: "CredentialsNotFound",
+                ..
+            }
+        ));
+        o.inputs = Err(InputProblem::Invalid {
+            reason: "CredentialsInvalid",
+            message: "lacks".into(),
+        });
+        assert!(matches!(
+            decide(&o),
+            Decision::Stalled {
+                reason: "CredentialsInvalid",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = base_spec();
+        let secs: Vec<u64> = (1..=4).map(|n| backoff(&s, n).as_secs()).collect();
+        assert_eq!(secs, vec![10, 20, 30, 30]);
+    }
+
+    #[test]
+    fn success_records_history_and_clears_the_failure() {
+        let s = base_spec();
+        let mut r = running(2);
+        r.last_failure = status::failed(
+            &running(1),
+            &s,
+            running(1).current_build.as_ref().expect("c"),
+            "x",
+            true,
+            Some(1),
+            at("2026-11-22T10:01:00Z"),
+        )
+        .last_failure;
+        let artifacts = vec![RegionArtifact {
+            region: "us-east-1".into(),
+            image_id: "ami-2".into(),
+        }];
+        let st = status::succeeded(
+            &r,
+            r.current_build.as_ref().expect("c"),
+            artifacts,
+            None,
+            Some(1),
+            at("2026-11-22T10:05:00Z"),
+        );
+        assert!(st.last_failure.is_none() && st.current_build.is_none());
+        assert_eq!(st.history.len(), 1);
+        let latest = st.latest_image.as_ref().expect("latest");
+        assert_eq!(latest.version, "2026-11-22-1000");
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T10:06:00Z")),
+            Decision::UpToDate
+        );
+        let ready = crate::build::conditions::get(&st.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Succeeded")
+        );
+        assert!(ready.message.contains("us-east-1=ami-2"));
+        // Writing the same status again changes nothing (no status churn).
+        assert_eq!(
+            status::up_to_date(&st, Some(1), at("2026-11-22T11:00:00Z")),
+            st
+        );
+    }
+}

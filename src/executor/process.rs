@@ -78,14 +78,7 @@ impl ProcessExecutor {
         for e in &launch.secret_env {
             cmd.env(&e.name, &e.value);
         }
-        // SAFETY: prctl is async-signal-safe; a build must not outlive the
-        // controller that tracks it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        crate::child::die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| ExecutorError::Io(format!("starting {}", self.runner.display()), e))?;

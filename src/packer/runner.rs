@@ -382,7 +382,9 @@ impl Output {
 }
 
 async fn packer(options: &RunnerOptions, dir: &Path, args: &[&str]) -> std::io::Result<Output> {
-    let out = Command::new(&options.packer)
+    let mut cmd = Command::new(&options.packer);
+    crate::child::die_with_parent(&mut cmd);
+    let out = cmd
         .args(args)
         .current_dir(dir)
         .env("CHECKPOINT_DISABLE", "1")
@@ -406,7 +408,9 @@ async fn packer_streaming(
     args: &[&str],
     redactor: &Redactor,
 ) -> std::io::Result<Output> {
-    let mut child = Command::new(&options.packer)
+    let mut cmd = Command::new(&options.packer);
+    crate::child::die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(args)
         .current_dir(dir)
         .env("CHECKPOINT_DISABLE", "1")

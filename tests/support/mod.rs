@@ -39,6 +39,10 @@ variable "fail" {
   type    = string
   default = "no"
 }
+variable "pause" {
+  type    = string
+  default = "0"
+}
 source "amazon-ebs" "app" {
   region                 = var.kiln_regions[0]
   ami_regions            = slice(var.kiln_regions, 1, length(var.kiln_regions))
@@ -53,7 +57,10 @@ build {
   sources = ["source.amazon-ebs.app"]
   # Runs where packer runs: lets a test make a build fail after validation.
   provisioner "shell-local" {
-    inline = ["test '${var.fail}' != 'yes' || { echo 'provisioning failed on purpose' >&2; exit 3; }"]
+    inline = [
+      "sleep ${var.pause}",
+      "test '${var.fail}' != 'yes' || { echo 'provisioning failed on purpose' >&2; exit 3; }",
+    ]
   }
   post-processor "manifest" {}
 }
