@@ -31,6 +31,11 @@ lint: ## rustfmt and clippy, warnings are errors.
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+demo: setup ## Run kiln locally: control plane, moto as EC2, the controller, sample builds. ARGS=--once exits after.
+	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
+	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
+	$(CARGO) run --quiet -- demo $(ARGS)
+
 test: setup lint ## Install what is needed, then run every test on a real control plane.
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \

@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+mod cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::{
@@ -72,6 +74,19 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         resync_seconds: u64,
     },
+    /// Run kiln's main job locally: a control plane, moto as EC2, the
+    /// controller, and sample builds. Needs packer and moto (`make setup`).
+    Demo {
+        /// Tear everything down and exit after the run (for CI).
+        #[arg(long)]
+        once: bool,
+        /// How many builds to run (the first, then rebuilds).
+        #[arg(long, default_value_t = 3)]
+        builds: usize,
+        /// Where the demo keeps its cluster state and logs.
+        #[arg(long, env = "KILN_DEMO_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Run one Packer build described by $KILN_BUILD_REQUEST (used by the executors).
     Runner {
         /// Where to write the result JSON (a Job uses /dev/termination-log).
@@ -132,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
                 workroot: workdir.unwrap_or_else(|| std::env::temp_dir().join("kiln-builds")),
                 namespace,
                 resync: Duration::from_secs(resync_seconds),
+                runner_env: Vec::new(),
             };
             let metrics = Arc::new(kiln::metrics::Metrics::default());
             let ready = Arc::new(AtomicBool::new(false));
@@ -150,6 +166,25 @@ async fn main() -> anyhow::Result<()> {
                 .context("metrics server")?
                 .context("metrics server")?;
             Ok(())
+        }
+        Command::Demo {
+            once,
+            builds,
+            state_dir,
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let state_dir = state_dir.unwrap_or_else(|| std::env::temp_dir().join("kiln-demo"));
+            cli::demo::run(cli::demo::DemoOptions {
+                once,
+                state_dir,
+                builds,
+            })
+            .await
         }
         Command::Runner {
             result_file,

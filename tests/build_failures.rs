@@ -130,9 +130,17 @@ async fn bad_input_stalls_or_waits_and_failed_builds_retry_then_stall() {
     ))
     .await;
     // A template from a ConfigMap that does not exist yet.
-    let mut from_cm = image_build("from-configmap", endpoint, &["us-east-1"], json!({"flavor": "cm"}));
+    let mut from_cm = image_build(
+        "from-configmap",
+        endpoint,
+        &["us-east-1"],
+        json!({"flavor": "cm"}),
+    );
     from_cm.spec.template.inline = None;
-    from_cm.spec.template.config_map_ref = Some(kiln::api::LocalKeyReference { name: "templates".into(), key: "app.pkr.hcl".into() });
+    from_cm.spec.template.config_map_ref = Some(kiln::api::LocalKeyReference {
+        name: "templates".into(),
+        key: "app.pkr.hcl".into(),
+    });
     create(from_cm).await;
     // And one good build among them.
     create(image_build(
@@ -210,18 +218,37 @@ async fn bad_input_stalls_or_waits_and_failed_builds_retry_then_stall() {
         message(&ib)
     );
 
-    let ib = wait_for(&api, "from-configmap", T, &controller.log, |ib| reason(ib, "Ready") == "TemplateNotFound").await;
-    assert!(message(&ib).contains("ConfigMap failures/templates") && message(&ib).contains("app.pkr.hcl"), "{}", message(&ib));
+    let ib = wait_for(&api, "from-configmap", T, &controller.log, |ib| {
+        reason(ib, "Ready") == "TemplateNotFound"
+    })
+    .await;
+    assert!(
+        message(&ib).contains("ConfigMap failures/templates")
+            && message(&ib).contains("app.pkr.hcl"),
+        "{}",
+        message(&ib)
+    );
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(env.client.clone(), NS);
     let cm = k8s_openapi::api::core::v1::ConfigMap {
-        metadata: kube::api::ObjectMeta { name: Some("templates".into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some("templates".into()),
+            ..Default::default()
+        },
         data: Some([("app.pkr.hcl".to_owned(), AMAZON_TEMPLATE.to_owned())].into()),
         ..Default::default()
     };
-    cms.create(&PostParams::default(), &cm).await.expect("configmap");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("configmap");
     let ib = wait_for(&api, "from-configmap", T, &controller.log, is_ready).await;
-    let revision = ib.status.and_then(|s| s.latest_image).and_then(|l| l.template_revision);
-    assert!(revision.is_some_and(|r| r.starts_with("configmap/templates@sha256:")), "the template revision is recorded");
+    let revision = ib
+        .status
+        .and_then(|s| s.latest_image)
+        .and_then(|l| l.template_revision);
+    assert!(
+        revision.is_some_and(|r| r.starts_with("configmap/templates@sha256:")),
+        "the template revision is recorded"
+    );
 
     // The Secret appears: the waiting build proceeds.
     env.aws_secret(

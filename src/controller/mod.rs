@@ -59,6 +59,8 @@ pub struct Config {
     /// How often a Ready ImageBuild is looked at again (template ConfigMaps
     /// and parents may have changed).
     pub resync: Duration,
+    /// Extra environment of process-executor runners.
+    pub runner_env: Vec<(String, String)>,
 }
 
 /// Shared by every reconcile.
@@ -133,7 +135,8 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
         },
     );
     let ctx = Arc::new(Context {
-        process: ProcessExecutor::new(config.runner_path.clone(), config.workroot.clone()),
+        process: ProcessExecutor::new(config.runner_path.clone(), config.workroot.clone())
+            .with_env(config.runner_env.clone()),
         jobs: JobExecutor::new(client.clone(), config.runner_image.clone()),
         client: client.clone(),
         recorder,

@@ -30,6 +30,7 @@ enum Run {
 pub struct ProcessExecutor {
     runner: PathBuf,
     workroot: PathBuf,
+    env: Vec<(String, String)>,
     runs: Arc<Mutex<HashMap<String, Run>>>,
 }
 
@@ -42,8 +43,15 @@ impl ProcessExecutor {
         ProcessExecutor {
             runner,
             workroot,
+            env: Vec::new(),
             runs: Arc::default(),
         }
+    }
+
+    /// Extra environment for every runner (log settings, for instance).
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Run>> {
@@ -75,6 +83,7 @@ impl ProcessExecutor {
             .env(SECRET_ENV, launch.secret_env_names())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         for e in &launch.secret_env {
             cmd.env(&e.name, &e.value);
         }

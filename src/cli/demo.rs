@@ -1,0 +1,263 @@
+//! `kiln demo`: kiln's main job on this machine, with no cloud account and no
+//! cluster. A real control plane, moto standing in for EC2, the controller
+//! with the process executor, and the sample manifests.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kiln::{
+    api::{ExecutorType, ImageBuild},
+    testenv::{ControlPlane, Moto, Options},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+
+const NS: &str = "demo";
+const BUILD: &str = "base-ami";
+const IMAGE_BUILD: &str = include_str!("../../config/demo/imagebuild.yaml");
+
+/// What the demo does.
+pub struct DemoOptions {
+    /// Tear down and exit after the run.
+    pub once: bool,
+    /// Where the cluster's state, kubeconfig and logs go.
+    pub state_dir: PathBuf,
+    /// Builds in all (the first plus rebuilds).
+    pub builds: usize,
+}
+
+fn step(text: &str) {
+    eprintln!("==> {text}");
+}
+
+/// Runs the demo.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let _ = std::fs::remove_dir_all(&options.state_dir);
+    step(
+        "starting a local control plane: etcd and kube-apiserver, built from Go modules on first use",
+    );
+    let plane = ControlPlane::start(Options {
+        state_dir: Some(options.state_dir.join("cluster")),
+        ..Default::default()
+    })
+    .await
+    .context("starting the control plane")?;
+    let client = plane.admin_client().await?;
+    step("starting moto as the stand-in for EC2");
+    let moto = Moto::start()
+        .await
+        .context("starting moto (run `make setup`)")?;
+    step("installing the CRDs");
+    kiln::crdgen::apply(&client, Duration::from_secs(30)).await?;
+
+    let pid = std::process::id();
+    std::fs::write(options.state_dir.join("pid"), pid.to_string())?;
+    let controller = start_controller(client.clone(), &options.state_dir)?;
+
+    step(
+        "applying the samples: namespace demo, a credentials Secret, ImageBuild base-ami (us-east-1 + eu-west-1)",
+    );
+    apply_samples(&client, moto.endpoint()).await?;
+    let builds: Api<ImageBuild> = Api::namespaced(client.clone(), NS);
+    let mut seen = Vec::new();
+    let first = wait_ready(&builds, &mut seen, None).await?;
+    let mut last = first;
+    for n in 2..=options.builds {
+        step(&format!(
+            "requesting rebuild {n} of {} (reconcile.fluxcd.io/requestedAt)",
+            options.builds
+        ));
+        let value = jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": value}}});
+        builds
+            .patch(BUILD, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        last = wait_ready(&builds, &mut seen, Some(&last)).await?;
+    }
+
+    step("kubectl get imagebuilds (printed by the apiserver)");
+    print!(
+        "{}",
+        super::table::render(
+            &client,
+            &format!("/apis/kiln.dev/v1alpha1/namespaces/{NS}/imagebuilds")
+        )
+        .await?
+    );
+    step("AMIs kiln owns in moto");
+    print_amis(&moto, &client).await?;
+    println!(
+        "demo: {} builds Ready in {}s",
+        options.builds,
+        started.elapsed().as_secs()
+    );
+
+    if options.once {
+        controller.abort();
+        plane.stop().await;
+        drop(moto);
+        return Ok(());
+    }
+    let kubeconfig = plane.admin_kubeconfig_path();
+    println!(
+        "\nThe environment stays up. Try:\n  export KUBECONFIG={}\n  kubectl get kiln -A\nStop it with:\n  kill {pid}",
+        kubeconfig.display()
+    );
+    tokio::signal::ctrl_c().await.ok();
+    controller.abort();
+    plane.stop().await;
+    Ok(())
+}
+
+fn start_controller(
+    client: Client,
+    state: &std::path::Path,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let config = kiln::controller::Config {
+        default_executor: ExecutorType::Process,
+        runner_image: String::new(),
+        runner_path: std::env::current_exe().context("locating the kiln binary")?,
+        workroot: state.join("builds"),
+        namespace: Some(NS.into()),
+        resync: Duration::from_secs(600),
+        // The demo prints its own progress; Packer's lines go to a log.
+        runner_env: vec![("RUST_LOG".into(), "warn".into())],
+    };
+    let metrics = Arc::new(kiln::metrics::Metrics::default());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    Ok(tokio::spawn(kiln::controller::run(
+        client, config, metrics, ready,
+    )))
+}
+
+async fn apply_samples(client: &Client, endpoint: &str) -> anyhow::Result<()> {
+    let params = PatchParams::apply("kiln-demo").force();
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NS.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .patch(NS, &params, &Patch::Apply(&ns))
+        .await?;
+    // moto accepts any credentials; these only show where real ones go.
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("aws-credentials".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [
+                ("AWS_ACCESS_KEY_ID".into(), "demo".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "demo-secret".into()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .patch("aws-credentials", &params, &Patch::Apply(&secret))
+        .await?;
+    let mut ib: ImageBuild =
+        serde_yaml_ng::from_str(IMAGE_BUILD).context("config/demo/imagebuild.yaml")?;
+    ib.spec.provider.endpoint = Some(endpoint.to_owned());
+    Api::<ImageBuild>::namespaced(client.clone(), NS)
+        .patch(BUILD, &params, &Patch::Apply(&ib))
+        .await?;
+    Ok(())
+}
+
+/// Waits for a new Ready image, printing each change of phase on the way.
+async fn wait_ready(
+    builds: &Api<ImageBuild>,
+    seen: &mut Vec<String>,
+    previous: Option<&String>,
+) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let ib = builds.get(BUILD).await?;
+        let status = ib.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let line = format!(
+            "    {}: {} {}",
+            ib.name_any(),
+            status
+                .phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "Pending".into()),
+            ready.map(|c| c.message.clone()).unwrap_or_default()
+        );
+        if seen.last() != Some(&line) {
+            eprintln!("{line}");
+            seen.push(line);
+        }
+        if let Some(latest) = &status.latest_image
+            && ready.is_some_and(|c| c.status == "True")
+            && previous != Some(&latest.build_id)
+        {
+            return Ok(latest.build_id.clone());
+        }
+        if ready.is_some_and(|c| c.reason == "RetriesExhausted" || c.reason == "BuildInvalid") {
+            bail!(
+                "the build stalled: {}",
+                ready.map(|c| c.message.clone()).unwrap_or_default()
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("no Ready image after 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn print_amis(moto: &Moto, _client: &Client) -> anyhow::Result<()> {
+    let aws = kiln::provider::aws::Aws::new(
+        Some(moto.endpoint().to_owned()),
+        Some(kiln::provider::aws::StaticCredentials {
+            access_key_id: "demo".into(),
+            secret_access_key: "demo-secret".into(),
+            session_token: None,
+        }),
+    );
+    let mut rows = Vec::new();
+    for region in ["us-east-1", "eu-west-1"] {
+        let out = aws
+            .client(region)
+            .await
+            .describe_images()
+            .filters(kiln::provider::aws::tag_filter(
+                kiln::provider::tags::IMAGE_BUILD,
+                BUILD,
+            ))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!(kiln::provider::aws::describe_error(&e)))?;
+        for image in out.images() {
+            let tag = |k: &str| {
+                image
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(k))
+                    .and_then(|t| t.value())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            rows.push(vec![
+                region.to_owned(),
+                image.image_id().unwrap_or_default().to_owned(),
+                image.name().unwrap_or_default().to_owned(),
+                tag(kiln::provider::tags::BUILD_ID),
+            ]);
+        }
+    }
+    let header = ["REGION", "AMI", "NAME", "BUILD-ID"].map(String::from);
+    print!("{}", super::table::format_rows(&header, &rows));
+    Ok(())
+}

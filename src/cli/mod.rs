@@ -1,0 +1,4 @@
+//! Commands for people at a terminal.
+
+pub mod demo;
+pub mod table;
