@@ -18,3 +18,4 @@ pub mod testenv;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+pub mod retention;

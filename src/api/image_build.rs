@@ -629,6 +629,10 @@ pub struct ImageRecord {
     pub template_revision: Option<String>,
     /// When the build finished.
     pub built_at: Time,
+    /// The parent's image this one was built from (layered images); retention
+    /// never removes it while this image is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_image: Option<String>,
     /// The image in each region.
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["region"], "maxItems" = 32))]
     pub artifacts: Vec<RegionArtifact>,
@@ -656,6 +660,9 @@ pub struct CurrentBuild {
     pub spec_hash: String,
     /// job or process.
     pub executor: ExecutorType,
+    /// The parent's image being built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_image: Option<String>,
     /// Job name or process ID.
     pub handle: String,
     /// 1 for the first attempt.

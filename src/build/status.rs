@@ -60,6 +60,7 @@ pub fn started(
     start: &Start,
     executor: ExecutorType,
     handle: &str,
+    parent_image: Option<String>,
     generation: Option<i64>,
     now: Timestamp,
 ) -> ImageBuildStatus {
@@ -69,6 +70,7 @@ pub fn started(
         build_key: start.build_key.clone(),
         spec_hash: start.spec_hash.clone(),
         executor,
+        parent_image,
         handle: handle.to_owned(),
         attempt: start.attempt,
         started_at: Time(now),
@@ -139,6 +141,7 @@ pub fn succeeded(
         spec_hash: current.spec_hash.clone(),
         template_revision,
         built_at: Time(now),
+        parent_image: current.parent_image.clone(),
         artifacts,
     });
     s.last_failure = None;

@@ -133,6 +133,11 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
                             .as_ref()
                             .and_then(|e| e.service_account_name.clone()),
                     };
+                    let parent_image = ib
+                        .spec
+                        .parent
+                        .as_ref()
+                        .and_then(|p| launch.request.variables.get(&p.variable).cloned());
                     let handle = start_build(ctx, ib, executor, &start, &launch).await?;
                     info!(build_id = %start.build_id, attempt = start.attempt, ?executor, %handle, "build started");
                     ctx.metrics
@@ -153,7 +158,15 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
                     )
                     .await;
                     (
-                        status::started(&old, &start, executor, &handle, generation, now),
+                        status::started(
+                            &old,
+                            &start,
+                            executor,
+                            &handle,
+                            parent_image,
+                            generation,
+                            now,
+                        ),
                         Action::requeue(decide::POLL_RUNNING),
                     )
                 }
