@@ -214,8 +214,32 @@ pub async fn resolve(
         variables.insert(parent.variable.clone(), image.image_id.clone());
     }
 
-    // Credentials: every key with an environment-variable name becomes one.
+    let (provider, mut credential_env) = match provider(client, ib).await? {
+        Ok(p) => p,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    secret_env.append(&mut credential_env);
+
+    Ok(Ok(Resolved {
+        inputs,
+        variables,
+        secret_env,
+        provider,
+    }))
+}
+
+/// The provider of an ImageBuild, with the credentials from its Secret, and
+/// those credentials as runner environment (every key whose name is a valid
+/// environment variable).
+pub async fn provider(
+    client: &Client,
+    ib: &ImageBuild,
+) -> Result<Result<(Box<dyn ImageProvider>, Vec<SecretEnv>), InputProblem>, Error> {
+    let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
+    let spec = &ib.spec;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut credentials = BTreeMap::new();
+    let mut secret_env = Vec::new();
     if let Some(c) = &spec.provider.credentials {
         let name = &c.secret_ref.name;
         let Some(secret) = secrets.get_opt(name).await? else {
@@ -289,10 +313,5 @@ pub async fn resolve(
         ProviderType::Openstack => Box::new(Unverified("OpenStack")),
     };
 
-    Ok(Ok(Resolved {
-        inputs,
-        variables,
-        secret_env,
-        provider,
-    }))
+    Ok(Ok((provider, secret_env)))
 }

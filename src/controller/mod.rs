@@ -3,6 +3,7 @@
 
 mod dereference;
 mod image_build;
+pub mod image_policy;
 
 use std::{
     path::PathBuf,
@@ -28,7 +29,7 @@ use kube::{
 use tokio::sync::mpsc;
 
 use crate::{
-    api::{ExecutorType, ImageBuild},
+    api::{ExecutorType, ImageBuild, ImagePolicy},
     executor::{ExecutorError, job::JobExecutor, process::ProcessExecutor},
     metrics::Metrics,
     provider::ProviderError,
@@ -112,6 +113,17 @@ impl Error {
     }
 }
 
+fn policy_error_policy(policy: Arc<ImagePolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.kind());
+    tracing::warn!(
+        namespace = policy.metadata.namespace.as_deref().unwrap_or_default(),
+        name = policy.metadata.name.as_deref().unwrap_or_default(),
+        %error,
+        "policy reconcile failed; retrying"
+    );
+    Action::requeue(Duration::from_secs(30))
+}
+
 fn error_policy(ib: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.kind());
     tracing::warn!(
@@ -156,20 +168,32 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(executor = ?config.default_executor, namespace = config.namespace.as_deref().unwrap_or("<all>"), "controller started");
-    Controller::new(builds, watcher::Config::default())
+    let policies: Api<ImagePolicy> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let build_loop = Controller::new(builds, watcher::Config::default())
         .owns(
             jobs,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
         )
         .reconcile_on(finished_stream)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile loop");
             }
-        })
-        .await;
+        });
+    let policy_loop = Controller::new(policies, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(image_policy::reconcile, policy_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "policy reconcile loop");
+            }
+        });
+    futures::join!(build_loop, policy_loop);
     ready.store(false, Ordering::Relaxed);
     tracing::info!("controller stopped");
 }

@@ -6,10 +6,17 @@ use aws_sdk_ec2::{
     error::ProvideErrorMetadata,
     types::{Filter, Tag},
 };
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
 use futures::future::BoxFuture;
+use jiff::Timestamp;
 
 use super::{ImageProvider, Owner, ProviderError};
-use crate::api::RegionArtifact;
+use crate::{api::RegionArtifact, retention::ImageInfo};
 
 /// Credentials read from the ImageBuild's Secret.
 #[derive(Clone)]
@@ -29,7 +36,12 @@ pub const REQUIRED_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KE
 pub struct Aws {
     endpoint: Option<String>,
     credentials: Option<StaticCredentials>,
+    calls: AtomicU64,
 }
+
+/// Concurrent EC2 calls retention makes (per policy evaluation).
+pub const CONCURRENCY: usize = 8;
+const ATTEMPTS: u32 = 6;
 
 impl Aws {
     /// Without credentials the SDK's default chain applies (IRSA, instance
@@ -38,7 +50,17 @@ impl Aws {
         Aws {
             endpoint,
             credentials,
+            calls: AtomicU64::new(0),
         }
+    }
+
+    /// EC2 API calls made through this value (for benchmarks).
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An EC2 client for one region.
@@ -89,6 +111,48 @@ pub fn describe_error<E: ProvideErrorMetadata + std::fmt::Display>(
     }
 }
 
+fn is_throttling(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled")
+    )
+}
+
+/// Runs an EC2 call, backing off on throttling (and on `retry_also` codes,
+/// such as a snapshot still in use) up to six attempts.
+async fn with_backoff<T, E, F, Fut>(
+    aws: &Aws,
+    retry_also: &[&str],
+    mut call: F,
+) -> Result<T, aws_sdk_ec2::error::SdkError<E>>
+where
+    E: ProvideErrorMetadata,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, aws_sdk_ec2::error::SdkError<E>>>,
+{
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1.. {
+        aws.count();
+        match call().await {
+            Err(e) if attempt < ATTEMPTS => {
+                let code = e
+                    .as_service_error()
+                    .and_then(|s| s.code())
+                    .map(str::to_owned);
+                if !is_throttling(code.as_deref())
+                    && !code.as_deref().is_some_and(|c| retry_also.contains(&c))
+                {
+                    return Err(e);
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns by the last attempt")
+}
+
 fn is_auth_error(code: Option<&str>) -> bool {
     matches!(
         code,
@@ -111,6 +175,7 @@ impl ImageProvider for Aws {
                 return Ok(());
             };
             let client = self.client(first).await;
+            self.count();
             let out = client.describe_regions().all_regions(true).send().await.map_err(|e| {
                 let code = e.as_service_error().and_then(|s| s.code()).map(str::to_owned);
                 if is_auth_error(code.as_deref()) {
@@ -212,6 +277,113 @@ impl ImageProvider for Aws {
             Ok(None)
         })
     }
+
+    fn list_owned<'a>(
+        &'a self,
+        regions: &'a [String],
+        namespace: &'a str,
+        image_build: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ImageInfo>, ProviderError>> {
+        Box::pin(async move {
+            let mut all = Vec::new();
+            for region in regions {
+                all.extend(self.list_region(region, namespace, image_build).await?);
+            }
+            Ok(all)
+        })
+    }
+
+    fn delete<'a>(&'a self, image: &'a ImageInfo) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let client = self.client(&image.region).await;
+            let api = |operation: &'static str, message: String| ProviderError::Api {
+                operation,
+                region: image.region.clone(),
+                message,
+            };
+            match with_backoff(self, &[], || {
+                client.deregister_image().image_id(&image.image_id).send()
+            })
+            .await
+            {
+                Ok(_) => {}
+                // Already gone: a previous evaluation got this far.
+                Err(e)
+                    if e.as_service_error()
+                        .and_then(|s| s.code())
+                        .is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
+                Err(e) => return Err(api("DeregisterImage", describe_error(&e))),
+            }
+            // The snapshot stays "in use" for a moment after the AMI is gone.
+            for snapshot in &image.snapshots {
+                match with_backoff(self, &["InvalidSnapshot.InUse"], || {
+                    client.delete_snapshot().snapshot_id(snapshot).send()
+                })
+                .await
+                {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.as_service_error().and_then(|s| s.code())
+                            == Some("InvalidSnapshot.NotFound") => {}
+                    Err(e) => {
+                        return Err(api(
+                            "DeleteSnapshot",
+                            format!("{snapshot}: {}", describe_error(&e)),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn deprecate<'a>(
+        &'a self,
+        image: &'a ImageInfo,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
+        Box::pin(async move {
+            if image.deprecated {
+                return Ok(None);
+            }
+            let client = self.client(&image.region).await;
+            let when = aws_sdk_ec2::primitives::DateTime::from_secs(at.as_second());
+            match with_backoff(self, &[], || {
+                client
+                    .enable_image_deprecation()
+                    .image_id(&image.image_id)
+                    .deprecate_at(when)
+                    .send()
+            })
+            .await
+            {
+                Ok(_) => Ok(None),
+                Err(e) => {
+                    let code = e
+                        .as_service_error()
+                        .and_then(|s| s.code())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let unsupported = code.is_empty()
+                        || code.contains("NotImplemented")
+                        || code == "InvalidAction"
+                        || code == "UnsupportedOperation";
+                    if unsupported {
+                        Ok(Some(format!(
+                            "kept: this EC2 endpoint does not implement EnableImageDeprecation ({})",
+                            describe_error(&e)
+                        )))
+                    } else {
+                        Err(ProviderError::Api {
+                            operation: "EnableImageDeprecation",
+                            region: image.region.clone(),
+                            message: describe_error(&e),
+                        })
+                    }
+                }
+            }
+        })
+    }
 }
 
 /// A filter on one tag, for listing owned images.
@@ -220,4 +392,79 @@ pub fn tag_filter(key: &str, value: &str) -> Filter {
         .name(format!("tag:{key}"))
         .values(value)
         .build()
+}
+
+fn image_info(region: &str, image: &aws_sdk_ec2::types::Image) -> Option<ImageInfo> {
+    let image_id = image.image_id()?.to_owned();
+    let created_at = image
+        .creation_date()
+        .and_then(|d| d.parse::<Timestamp>().ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let tags: BTreeMap<String, String> = image
+        .tags()
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect();
+    let deprecated = image
+        .deprecation_time()
+        .and_then(|d| d.parse::<Timestamp>().ok())
+        .is_some_and(|d| d <= Timestamp::now());
+    let snapshots = image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+        .collect();
+    Some(ImageInfo {
+        region: region.to_owned(),
+        image_id,
+        created_at,
+        tags,
+        deprecated,
+        snapshots,
+    })
+}
+
+impl Aws {
+    /// Owned AMIs of one ImageBuild in one region, following pagination.
+    pub async fn list_region(
+        &self,
+        region: &str,
+        namespace: &str,
+        image_build: &str,
+    ) -> Result<Vec<ImageInfo>, ProviderError> {
+        let client = self.client(region).await;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = with_backoff(self, &[], || {
+                client
+                    .describe_images()
+                    .owners("self")
+                    .filters(tag_filter(super::tags::NAMESPACE, namespace))
+                    .filters(tag_filter(super::tags::IMAGE_BUILD, image_build))
+                    .max_results(1000)
+                    .set_next_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| ProviderError::Api {
+                operation: "DescribeImages",
+                region: region.to_owned(),
+                message: describe_error(&e),
+            })?;
+            out.extend(page.images().iter().filter_map(|i| image_info(region, i)));
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
 }

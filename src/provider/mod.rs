@@ -5,7 +5,9 @@ pub mod aws;
 
 use futures::future::BoxFuture;
 
-use crate::api::RegionArtifact;
+use jiff::Timestamp;
+
+use crate::{api::RegionArtifact, retention::ImageInfo};
 
 /// Tag keys kiln puts on every image (and snapshot) it makes. Retention only
 /// ever touches images that carry them.
@@ -91,6 +93,32 @@ pub trait ImageProvider: Send + Sync {
         artifacts: &'a [RegionArtifact],
         owner: &'a Owner,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>>;
+
+    /// Lists the images carrying kiln's owner tags for one ImageBuild, in
+    /// each region.
+    fn list_owned<'a>(
+        &'a self,
+        regions: &'a [String],
+        namespace: &'a str,
+        image_build: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ImageInfo>, ProviderError>>;
+
+    /// Deletes an image and its snapshots.
+    fn delete<'a>(&'a self, image: &'a ImageInfo) -> BoxFuture<'a, Result<(), ProviderError>>;
+
+    /// Marks an image deprecated as of `at`, where the provider can; returns a
+    /// note (and leaves the image as it is) where it cannot.
+    fn deprecate<'a>(
+        &'a self,
+        image: &'a ImageInfo,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>>;
+}
+
+fn unsupported(provider: &str, what: &str) -> ProviderError {
+    ProviderError::Invalid(format!(
+        "kiln cannot {what} {provider} images yet; retention supports AWS"
+    ))
 }
 
 /// Providers kiln does not yet verify or tag: images are recorded as Packer
@@ -113,5 +141,26 @@ impl ImageProvider for Unverified {
                 self.0
             )))
         })
+    }
+
+    fn list_owned<'a>(
+        &'a self,
+        _: &'a [String],
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ImageInfo>, ProviderError>> {
+        Box::pin(async move { Err(unsupported(self.0, "list")) })
+    }
+
+    fn delete<'a>(&'a self, _: &'a ImageInfo) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move { Err(unsupported(self.0, "delete")) })
+    }
+
+    fn deprecate<'a>(
+        &'a self,
+        _: &'a ImageInfo,
+        _: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
+        Box::pin(async move { Err(unsupported(self.0, "deprecate")) })
     }
 }

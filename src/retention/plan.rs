@@ -36,6 +36,8 @@ pub struct ImageInfo {
     pub tags: BTreeMap<String, String>,
     /// Already deprecated at the provider.
     pub deprecated: bool,
+    /// Snapshots (or other storage) deleted with the image.
+    pub snapshots: Vec<String>,
 }
 
 impl ImageInfo {
@@ -289,6 +291,7 @@ mod tests {
             created_at: now() - jiff::SignedDuration::from_mins(minutes_ago),
             tags,
             deprecated: false,
+            snapshots: vec![],
         }
     }
 

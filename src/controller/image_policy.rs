@@ -1,0 +1,512 @@
+//! Reconciling one ImagePolicy: select builds, list their owned images, plan
+//! (pure), then deprecate and delete, or with `dryRun` only report the plan.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, stream};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{Context, Error, FIELD_MANAGER, dereference};
+use crate::{
+    api::{
+        ImageBuild, ImageDecision, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, PolicySummary,
+        RetentionAction,
+        condition::{READY, RECONCILING, STALLED},
+    },
+    build::{conditions, decide::InputProblem},
+    provider::aws::CONCURRENCY,
+    retention::{self, Decision, Protection, Rules},
+};
+
+/// Entries kept per list in the status; the summary counts them all.
+pub const STATUS_LIST_LIMIT: usize = 100;
+
+/// The policy as planner rules.
+pub fn rules(spec: &ImagePolicySpec) -> Rules {
+    let protect = spec.protect.clone().unwrap_or_default();
+    Rules {
+        keep_last: usize::try_from(spec.keep_last).unwrap_or(0),
+        max_age: spec.max_age.map(Into::into),
+        min_age: spec.min_age.map(Into::into),
+        protected_tags: protect.tags,
+        pinned_builds: protect.build_ids.into_iter().collect(),
+        pinned_images: protect.image_ids.into_iter().collect(),
+        deprecate_after: spec.deprecate_after.map(Into::into),
+        delete_after: spec.delete_after.map(Into::into),
+    }
+}
+
+/// A label selector as the apiserver's query syntax.
+pub fn selector_string(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// Images of other ImageBuilds' current builds that came from these parents:
+/// parent image ID -> child name.
+pub fn in_use(all: &[ImageBuild]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for child in all {
+        let Some(status) = &child.status else {
+            continue;
+        };
+        let used = status
+            .latest_image
+            .iter()
+            .filter_map(|l| l.parent_image.clone());
+        let building = status
+            .current_build
+            .iter()
+            .filter_map(|c| c.parent_image.clone());
+        for image in used.chain(building) {
+            out.insert(image, child.name_any());
+        }
+    }
+    out
+}
+
+fn record(build: &str, d: &Decision, action: RetentionAction, reason: String) -> ImageDecision {
+    ImageDecision {
+        build: build.to_owned(),
+        region: d.image.region.clone(),
+        image_id: d.image.image_id.clone(),
+        build_id: d.image.build_id().map(str::to_owned),
+        created_at: Some(Time(d.image.created_at)),
+        action,
+        reason,
+    }
+}
+
+/// Reconciles an ImagePolicy.
+pub async fn reconcile(policy: Arc<ImagePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile_policy",
+        namespace = policy.namespace().unwrap_or_default(),
+        name = policy.name_any()
+    );
+    async move {
+        ctx.metrics.reconciles.inc();
+        reconcile_inner(&policy, &ctx).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::Metadata("namespace"))?;
+    let generation = policy.metadata.generation;
+    let old = policy.status.clone().unwrap_or_default();
+    let now =
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let interval: Duration = policy.spec.interval.into();
+    let mut new = ImagePolicyStatus {
+        observed_generation: generation,
+        conditions: old.conditions.clone(),
+        last_handled_reconcile_at: old.last_handled_reconcile_at.clone(),
+        ..Default::default()
+    };
+
+    if policy.spec.suspend {
+        let mut s = old.clone();
+        s.observed_generation = generation;
+        write_status(ctx, policy, &old, &s).await?;
+        return Ok(Action::await_change());
+    }
+
+    // 1. Dereference: the selected builds and every ImageBuild of the namespace
+    // (for the images children were built from).
+    let builds_api: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
+    let all = builds_api.list(&ListParams::default()).await?.items;
+    let mut selected: BTreeMap<String, ImageBuild> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for name in &policy.spec.builds.names {
+        match all.iter().find(|b| &b.name_any() == name) {
+            Some(b) => {
+                selected.insert(name.clone(), b.clone());
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if let Some(selector) = &policy.spec.builds.selector {
+        let matching = builds_api
+            .list(&ListParams::default().labels(&selector_string(selector)))
+            .await?;
+        for b in matching {
+            selected.insert(b.name_any(), b);
+        }
+    }
+    new.builds = selected.keys().cloned().collect();
+    new.last_evaluated_at = Some(Time(now));
+    if selected.is_empty() {
+        let message = format!(
+            "spec.builds selects no ImageBuild in namespace {ns}{}; nothing to prune",
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (not found: {})", missing.join(", "))
+            }
+        );
+        set(
+            &mut new,
+            "False",
+            "NoBuildsSelected",
+            &message,
+            false,
+            generation,
+            now,
+        );
+        new.summary = Some(PolicySummary::default());
+        write_status(ctx, policy, &old, &new).await?;
+        return Ok(Action::requeue(interval));
+    }
+
+    // 2. Decide, per build.
+    let rules = rules(&policy.spec);
+    let in_use = in_use(&all);
+    let mut plans: Vec<(
+        String,
+        Arc<dyn crate::provider::ImageProvider>,
+        Vec<Decision>,
+    )> = Vec::new();
+    let mut problems = Vec::new();
+    for (name, build) in &selected {
+        let (provider, _) = match dereference::provider(&ctx.client, build).await? {
+            Ok(p) => p,
+            Err(
+                InputProblem::Missing { message, .. }
+                | InputProblem::Invalid { message, .. }
+                | InputProblem::Unsupported { message },
+            ) => {
+                problems.push(format!("ImageBuild {name}: {message}"));
+                continue;
+            }
+        };
+        let provider: Arc<dyn crate::provider::ImageProvider> = Arc::from(provider);
+        let images = match provider
+            .list_owned(&build.spec.provider.regions, &ns, name)
+            .await
+        {
+            Ok(images) => images,
+            Err(e) => {
+                problems.push(format!("ImageBuild {name}: {e}"));
+                continue;
+            }
+        };
+        let latest: BTreeSet<String> = build
+            .status
+            .iter()
+            .flat_map(|s| s.latest_image.iter())
+            .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.clone()))
+            .collect();
+        let protection = Protection {
+            latest,
+            in_use: in_use.clone(),
+        };
+        match retention::plan(&ns, name, &images, &rules, &protection, now) {
+            Ok(plan) => plans.push((name.clone(), provider, plan)),
+            Err(e) => problems.push(format!("ImageBuild {name}: {e}")),
+        }
+    }
+
+    // 3. Act (or only report, with dryRun).
+    let mut summary = PolicySummary::default();
+    let mut failures = Vec::new();
+    for (name, provider, plan) in &plans {
+        let (keep, change): (Vec<&Decision>, Vec<&Decision>) =
+            plan.iter().partition(|d| d.action == RetentionAction::Keep);
+        for d in &keep {
+            new.retained
+                .push(record(name, d, RetentionAction::Keep, d.reason.clone()));
+        }
+        summary.retained += i32::try_from(keep.len()).unwrap_or(i32::MAX);
+        if policy.spec.dry_run {
+            summary.planned += i32::try_from(change.len()).unwrap_or(i32::MAX);
+            new.plan.extend(
+                change
+                    .iter()
+                    .map(|d| record(name, d, d.action, d.reason.clone())),
+            );
+            continue;
+        }
+        let results: Vec<(
+            Decision,
+            Result<Option<String>, crate::provider::ProviderError>,
+        )> = stream::iter(change.into_iter().cloned())
+            .map(|d: Decision| {
+                let provider = provider.clone();
+                async move {
+                    let r = match d.action {
+                        RetentionAction::Delete => provider.delete(&d.image).await.map(|()| None),
+                        _ => provider.deprecate(&d.image, now).await,
+                    };
+                    (d, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (d, r) in &results {
+            let r = r.as_ref();
+            match (d.action, r) {
+                (RetentionAction::Delete, Ok(_)) => {
+                    summary.deleted += 1;
+                    info!(build = %name, region = %d.image.region, image = %d.image.image_id, reason = %d.reason, "deleted image");
+                    publish(
+                        ctx,
+                        policy,
+                        EventType::Normal,
+                        "ImageDeleted",
+                        format!(
+                            "deleted {} in {} (ImageBuild {name}, build {}): {}",
+                            d.image.image_id,
+                            d.image.region,
+                            d.image.build_id().unwrap_or("?"),
+                            d.reason
+                        ),
+                        &d.image.image_id,
+                    )
+                    .await;
+                    new.deleted
+                        .push(record(name, d, RetentionAction::Delete, d.reason.clone()));
+                }
+                (_, Ok(Some(note))) => {
+                    summary.retained += 1;
+                    new.retained.push(record(
+                        name,
+                        d,
+                        RetentionAction::Keep,
+                        format!("{}; {note}", d.reason),
+                    ));
+                }
+                (_, Ok(None)) => {
+                    summary.deprecated += 1;
+                    new.deprecated.push(record(
+                        name,
+                        d,
+                        RetentionAction::Deprecate,
+                        d.reason.clone(),
+                    ));
+                }
+                (_, Err(e)) => {
+                    warn!(build = %name, image = %d.image.image_id, error = %e, "retention action failed");
+                    failures.push(format!(
+                        "{} {} in {}: {e}",
+                        if d.action == RetentionAction::Delete {
+                            "deleting"
+                        } else {
+                            "deprecating"
+                        },
+                        d.image.image_id,
+                        d.image.region
+                    ));
+                    summary.retained += 1;
+                    new.retained.push(record(
+                        name,
+                        d,
+                        RetentionAction::Keep,
+                        format!("{}; the action failed and is retried: {e}", d.reason),
+                    ));
+                }
+            }
+        }
+    }
+    // Deletions accumulate, newest first: the status says what this policy
+    // has pruned, not only what its last evaluation found left to prune.
+    let deleted_now = summary.deleted;
+    summary.deleted += old.summary.as_ref().map_or(0, |s| s.deleted);
+    new.deleted.sort_by(|a, b| {
+        (&a.build, &a.region, &b.created_at, &a.image_id).cmp(&(
+            &b.build,
+            &b.region,
+            &a.created_at,
+            &b.image_id,
+        ))
+    });
+    new.deleted.extend(old.deleted.iter().cloned());
+    new.deleted.truncate(STATUS_LIST_LIMIT);
+    for list in [&mut new.retained, &mut new.deprecated, &mut new.plan] {
+        list.sort_by(|a, b| {
+            (&a.build, &a.region, &b.created_at, &a.image_id).cmp(&(
+                &b.build,
+                &b.region,
+                &a.created_at,
+                &b.image_id,
+            ))
+        });
+        list.truncate(STATUS_LIST_LIMIT);
+    }
+    new.summary = Some(summary.clone());
+
+    let mut requeue = interval;
+    if !problems.is_empty() {
+        // Some builds could not be evaluated: say which, keep the rest going.
+        set(
+            &mut new,
+            "False",
+            "BuildsNotEvaluated",
+            &problems.join("; "),
+            false,
+            generation,
+            now,
+        );
+        requeue = requeue.min(Duration::from_secs(60));
+    } else if !failures.is_empty() {
+        let message = format!(
+            "{} retention actions failed and are retried: {}",
+            failures.len(),
+            failures
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        set(
+            &mut new,
+            "False",
+            "PruneFailed",
+            &message,
+            false,
+            generation,
+            now,
+        );
+        requeue = requeue.min(Duration::from_secs(60));
+    } else if policy.spec.dry_run {
+        let message = format!(
+            "dry run: would deprecate or delete {} image(s), keeps {}; see status.plan",
+            summary.planned, summary.retained
+        );
+        set(&mut new, "True", "DryRun", &message, false, generation, now);
+    } else {
+        let message = format!(
+            "retained {}, deprecated {}, deleted {deleted_now} in this evaluation ({} in all)",
+            summary.retained, summary.deprecated, summary.deleted
+        );
+        set(
+            &mut new,
+            "True",
+            "Evaluated",
+            &message,
+            false,
+            generation,
+            now,
+        );
+    }
+    // What is only a timestamp changes every run; status stays quiet otherwise.
+    write_status(ctx, policy, &old, &new).await?;
+    Ok(Action::requeue(requeue))
+}
+
+fn set(
+    s: &mut ImagePolicyStatus,
+    status: &str,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    conditions::set(
+        &mut s.conditions,
+        READY,
+        status,
+        reason,
+        message,
+        generation,
+        Time(now),
+    );
+    conditions::remove(&mut s.conditions, RECONCILING);
+    if stalled {
+        conditions::set(
+            &mut s.conditions,
+            STALLED,
+            "True",
+            reason,
+            message,
+            generation,
+            Time(now),
+        );
+    } else {
+        conditions::remove(&mut s.conditions, STALLED);
+    }
+}
+
+/// Publishes an Event about one image. The image is the Event's related
+/// object, so each image gets its own Event instead of joining a series.
+async fn publish(
+    ctx: &Context,
+    policy: &ImagePolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    image: &str,
+) {
+    let related = k8s_openapi::api::core::v1::ObjectReference {
+        kind: Some("Image".to_owned()),
+        name: Some(image.to_owned()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(crate::packer::runner::tail(&note, 1000)),
+        action: "Prune".to_owned(),
+        secondary: Some(related),
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        warn!(error = %e, reason, "could not publish an Event");
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    policy: &ImagePolicy,
+    old: &ImagePolicyStatus,
+    new: &ImagePolicyStatus,
+) -> Result<(), Error> {
+    let mut a = old.clone();
+    let mut b = new.clone();
+    a.last_evaluated_at = None;
+    b.last_evaluated_at = None;
+    if a == b {
+        return Ok(());
+    }
+    let api: Api<ImagePolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy", "status": new});
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

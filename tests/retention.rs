@@ -1,0 +1,363 @@
+//! ImagePolicy end to end: eight builds of one ImageBuild in two regions,
+//! pruned to keepLast 3 in moto, with a pinned build, a hand-made AMI kiln
+//! does not own, a dry run first, and maxAge that never takes the latest.
+
+mod support;
+
+use std::time::Duration;
+
+use kiln::api::{ImageBuild, ImagePolicy, RetentionAction};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::*;
+
+const NS: &str = "retention";
+const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
+
+fn policy(name: &str, spec: serde_json::Value) -> ImagePolicy {
+    serde_json::from_value(json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"name": name}, "spec": spec}))
+        .expect("ImagePolicy")
+}
+
+async fn wait_policy(
+    api: &Api<ImagePolicy>,
+    name: &str,
+    reason: &str,
+    log: &std::path::Path,
+) -> ImagePolicy {
+    for _ in 0..200 {
+        if let Ok(p) = api.get(name).await
+            && p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+            && p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == reason)
+            })
+        {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = api
+        .get(name)
+        .await
+        .ok()
+        .and_then(|p| p.status)
+        .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+    panic!(
+        "policy {name} never reached {reason}: {status:?}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// An AMI ID with its snapshot IDs.
+type AmiSnapshots = (String, Vec<String>);
+
+/// Owned AMI IDs in a region, with their snapshots.
+async fn owned(env: &Env, region: &str) -> Vec<AmiSnapshots> {
+    let aws = env.ec2();
+    let images = amis(&aws, region).await;
+    images
+        .iter()
+        .filter(|i| tag(i, kiln::provider::tags::IMAGE_BUILD) == Some("app"))
+        .map(|i| {
+            let snaps = i
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+                .collect();
+            (i.image_id().unwrap_or_default().to_owned(), snaps)
+        })
+        .collect()
+}
+
+async fn snapshot_exists(env: &Env, region: &str, id: &str) -> bool {
+    let out = env
+        .ec2()
+        .client(region)
+        .await
+        .describe_snapshots()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("snapshot-id")
+                .values(id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    !out.snapshots().is_empty()
+}
+
+#[tokio::test]
+async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
+    let env = Env::start(false).await;
+    env.namespace(NS).await;
+    env.aws_secret(
+        NS,
+        "aws",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    )
+    .await;
+    let controller = env
+        .controller("c", &["--default-executor", "process"])
+        .await;
+    let builds: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let policies: Api<ImagePolicy> = Api::namespaced(env.client.clone(), NS);
+
+    // Eight builds, oldest first: (build id, region -> AMI).
+    builds
+        .create(
+            &PostParams::default(),
+            &image_build("app", env.moto.endpoint(), &REGIONS, json!({})),
+        )
+        .await
+        .expect("create");
+    let mut made: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for n in 0..8 {
+        if n > 0 {
+            let patch = json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": format!("rebuild-{n}")}}});
+            builds
+                .patch("app", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("annotate");
+        }
+        let previous = made.last().map(|(id, _)| id.clone());
+        let ib = wait_for(
+            &builds,
+            "app",
+            Duration::from_secs(120),
+            &controller.log,
+            |ib| {
+                is_ready(ib)
+                    && ib
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.latest_image.as_ref())
+                        .is_some_and(|l| Some(&l.build_id) != previous.as_ref())
+            },
+        )
+        .await;
+        let latest = ib.status.and_then(|s| s.latest_image).expect("latest");
+        made.push((
+            latest.build_id,
+            latest
+                .artifacts
+                .into_iter()
+                .map(|a| (a.region, a.image_id))
+                .collect(),
+        ));
+        // Distinct creation times (moto stores whole seconds).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let ami = |n: usize, region: &str| {
+        made[n]
+            .1
+            .iter()
+            .find(|(r, _)| r == region)
+            .map(|(_, id)| id.clone())
+            .expect("artifact")
+    };
+
+    // An AMI with the same name prefix that kiln does not own, in each region.
+    let mut handmade = Vec::new();
+    for region in REGIONS {
+        let ec2 = env.ec2().client(region).await;
+        let run = ec2
+            .run_instances()
+            .image_id("ami-1e749f67")
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .expect("RunInstances");
+        let instance = run.instances()[0]
+            .instance_id()
+            .expect("instance")
+            .to_owned();
+        let image = ec2
+            .create_image()
+            .instance_id(instance)
+            .name("app-plain-handmade")
+            .send()
+            .await
+            .expect("CreateImage");
+        handmade.push((region, image.image_id().expect("ami").to_owned()));
+    }
+    let snapshots_before: Vec<(String, Vec<AmiSnapshots>)> = {
+        let mut v = Vec::new();
+        for region in REGIONS {
+            v.push((region.to_owned(), owned(&env, region).await));
+        }
+        v
+    };
+    for (region, images) in &snapshots_before {
+        assert_eq!(images.len(), 8, "eight owned AMIs in {region}");
+    }
+
+    // Dry run: the plan, and nothing changes in moto.
+    let pinned = made[1].0.clone();
+    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 3, "protect": {"buildIds": [pinned]}, "dryRun": true});
+    policies
+        .create(&PostParams::default(), &policy("keep-three", spec))
+        .await
+        .expect("policy");
+    let p = wait_policy(&policies, "keep-three", "DryRun", &controller.log).await;
+    let status = p.status.clone().expect("status");
+    let mut planned: Vec<(String, String)> = status
+        .plan
+        .iter()
+        .map(|d| (d.region.clone(), d.image_id.clone()))
+        .collect();
+    planned.sort();
+    let mut expected: Vec<(String, String)> = REGIONS
+        .iter()
+        .flat_map(|r| [0, 2, 3, 4].map(|n| (r.to_string(), ami(n, r))))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        planned, expected,
+        "the plan deletes exactly the four oldest unpinned AMIs per region"
+    );
+    assert!(
+        status
+            .plan
+            .iter()
+            .all(|d| d.action == RetentionAction::Delete && d.reason.contains("beyond keepLast 3"))
+    );
+    assert!(
+        status
+            .retained
+            .iter()
+            .any(|d| d.image_id == ami(1, "us-east-1") && d.reason.contains("pinned"))
+    );
+    assert_eq!(
+        status.summary.as_ref().map(|s| (s.planned, s.deleted)),
+        Some((8, 0))
+    );
+    for region in REGIONS {
+        assert_eq!(
+            owned(&env, region).await.len(),
+            8,
+            "a dry run deletes nothing in {region}"
+        );
+    }
+
+    // For real.
+    policies
+        .patch(
+            "keep-three",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dryRun": false}})),
+        )
+        .await
+        .expect("patch");
+    let p = wait_policy(&policies, "keep-three", "Evaluated", &controller.log).await;
+    let status = p.status.clone().expect("status");
+    assert_eq!(status.summary.as_ref().map(|s| s.deleted), Some(8));
+    assert!(status.plan.is_empty());
+    for (region, before) in &snapshots_before {
+        let mut remaining: Vec<String> = owned(&env, region)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        remaining.sort();
+        let mut want: Vec<String> = [1, 5, 6, 7].map(|n| ami(n, region)).to_vec();
+        want.sort();
+        assert_eq!(
+            remaining, want,
+            "{region}: the pinned AMI and the newest three remain"
+        );
+        for (id, snaps) in before {
+            let kept = want.contains(id);
+            for s in snaps {
+                assert_eq!(
+                    snapshot_exists(&env, region, s).await,
+                    kept,
+                    "snapshot {s} of {id} in {region}"
+                );
+            }
+        }
+        let all: Vec<String> = amis(&env.ec2(), region)
+            .await
+            .iter()
+            .filter_map(|i| i.image_id().map(str::to_owned))
+            .collect();
+        let own = handmade
+            .iter()
+            .find(|(r, _)| r == region)
+            .map(|(_, id)| id.clone())
+            .expect("handmade");
+        assert!(
+            all.contains(&own),
+            "the AMI kiln does not own remains in {region}"
+        );
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), NS);
+    let deletions = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ImageDeleted"))
+        .count();
+    assert_eq!(deletions, 8, "an Event per deletion");
+
+    // Deleting the policy deletes no image.
+    policies
+        .delete("keep-three", &DeleteParams::default())
+        .await
+        .expect("delete policy");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for region in REGIONS {
+        assert_eq!(owned(&env, region).await.len(), 4);
+    }
+
+    // maxAge removes old superseded images but never the latest, however old.
+    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 1, "maxAge": "1s"});
+    policies
+        .create(&PostParams::default(), &policy("max-age", spec))
+        .await
+        .expect("policy");
+    wait_policy(&policies, "max-age", "Evaluated", &controller.log).await;
+    for region in REGIONS {
+        let remaining: Vec<String> = owned(&env, region)
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            remaining,
+            vec![ami(7, region)],
+            "{region}: only the latest remains"
+        );
+    }
+
+    // A policy that selects nothing says so.
+    policies
+        .create(
+            &PostParams::default(),
+            &policy("nothing", json!({"builds": {"names": ["no-such-build"]}})),
+        )
+        .await
+        .expect("policy");
+    let p = wait_policy(&policies, "nothing", "NoBuildsSelected", &controller.log).await;
+    let message = p
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("selects no ImageBuild") && message.contains("no-such-build"),
+        "{message}"
+    );
+    controller.stop().await;
+}
