@@ -7,7 +7,7 @@ CARGO ?= cargo
 KILN_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
 export KILN_CACHE_DIR
 
-.PHONY: help setup testenv test lint fmt crds build demo
+.PHONY: help setup testenv test lint fmt crds build demo bench
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,3 +40,7 @@ test: setup lint ## Install what is needed, then run every test on a real contro
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) test --all-targets
+
+bench: setup ## Benchmarks: prune 10,000 AMIs in moto against a sequential baseline (BENCH_IMAGES=N to change).
+	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
+	$(CARGO) bench --profile dev --bench prune

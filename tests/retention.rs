@@ -343,22 +343,53 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
 
     // Staged deprecation: moto does not implement EnableImageDeprecation, which
     // is reported and is not fatal; the image stays.
-    let patch = json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "one-more"}}});
-    builds.patch("app", &PatchParams::default(), &Patch::Merge(patch)).await.expect("annotate");
-    wait_for(&builds, "app", Duration::from_secs(120), &controller.log, |ib| {
-        is_ready(ib) && ib.status.as_ref().and_then(|s| s.last_handled_reconcile_at.as_deref()) == Some("one-more")
-    })
+    let patch =
+        json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "one-more"}}});
+    builds
+        .patch("app", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("annotate");
+    wait_for(
+        &builds,
+        "app",
+        Duration::from_secs(120),
+        &controller.log,
+        |ib| {
+            is_ready(ib)
+                && ib
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                    == Some("one-more")
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let spec = json!({"builds": {"names": ["app"]}, "keepLast": 1, "deprecateAfter": "1s", "deleteAfter": "24h"});
-    policies.create(&PostParams::default(), &policy("staged", spec)).await.expect("policy");
+    policies
+        .create(&PostParams::default(), &policy("staged", spec))
+        .await
+        .expect("policy");
     let p = wait_policy(&policies, "staged", "Evaluated", &controller.log).await;
     let status = p.status.expect("status");
     for region in REGIONS {
         let superseded = ami(7, region);
-        let kept = status.retained.iter().find(|d| d.image_id == superseded).expect("the superseded image is reported");
-        assert!(kept.reason.contains("does not implement EnableImageDeprecation"), "{}", kept.reason);
-        assert_eq!(owned(&env, region).await.len(), 2, "{region}: nothing deleted before deleteAfter");
+        let kept = status
+            .retained
+            .iter()
+            .find(|d| d.image_id == superseded)
+            .expect("the superseded image is reported");
+        assert!(
+            kept.reason
+                .contains("does not implement EnableImageDeprecation"),
+            "{}",
+            kept.reason
+        );
+        assert_eq!(
+            owned(&env, region).await.len(),
+            2,
+            "{region}: nothing deleted before deleteAfter"
+        );
     }
 
     // A policy that selects nothing says so.

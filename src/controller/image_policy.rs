@@ -105,6 +105,37 @@ fn record(build: &str, d: &Decision, action: RetentionAction, reason: String) ->
     }
 }
 
+/// The outcome of one retention action: `Ok(Some(note))` when the provider
+/// could not do it and left the image as it was.
+pub type ActionResult = Result<Option<String>, crate::provider::ProviderError>;
+
+/// Carries out the deprecations and deletions of a plan, a bounded number at
+/// a time. Keep decisions are ignored.
+pub async fn carry_out(
+    provider: Arc<dyn crate::provider::ImageProvider>,
+    decisions: Vec<Decision>,
+    now: Timestamp,
+) -> Vec<(Decision, ActionResult)> {
+    stream::iter(
+        decisions
+            .into_iter()
+            .filter(|d| d.action != RetentionAction::Keep),
+    )
+    .map(|d: Decision| {
+        let provider = provider.clone();
+        async move {
+            let r = match d.action {
+                RetentionAction::Delete => provider.delete(&d.image).await.map(|()| None),
+                _ => provider.deprecate(&d.image, now).await,
+            };
+            (d, r)
+        }
+    })
+    .buffer_unordered(CONCURRENCY)
+    .collect()
+    .await
+}
+
 /// Reconciles an ImagePolicy.
 pub async fn reconcile(policy: Arc<ImagePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!(
@@ -256,23 +287,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
             );
             continue;
         }
-        let results: Vec<(
-            Decision,
-            Result<Option<String>, crate::provider::ProviderError>,
-        )> = stream::iter(change.into_iter().cloned())
-            .map(|d: Decision| {
-                let provider = provider.clone();
-                async move {
-                    let r = match d.action {
-                        RetentionAction::Delete => provider.delete(&d.image).await.map(|()| None),
-                        _ => provider.deprecate(&d.image, now).await,
-                    };
-                    (d, r)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let results = carry_out(provider.clone(), change.into_iter().cloned().collect(), now).await;
         for (d, r) in &results {
             let r = r.as_ref();
             match (d.action, r) {

@@ -301,12 +301,30 @@ impl ImageProvider for Aws {
                 region: image.region.clone(),
                 message,
             };
-            match with_backoff(self, &[], || {
-                client.deregister_image().image_id(&image.image_id).send()
-            })
-            .await
-            {
-                Ok(_) => {}
+            // DeleteAssociatedSnapshots removes the snapshots in the same call
+            // where EC2 supports it; whatever it did not report deleted (an
+            // endpoint that ignores the flag, such as moto) is deleted below.
+            let mut remaining: Vec<&String> = image.snapshots.iter().collect();
+            let deregister = || {
+                client
+                    .deregister_image()
+                    .image_id(&image.image_id)
+                    .delete_associated_snapshots(true)
+                    .send()
+            };
+            match with_backoff(self, &[], deregister).await {
+                Ok(out) => {
+                    let done: Vec<&str> = out
+                        .delete_snapshot_results()
+                        .iter()
+                        .filter(|r| {
+                            r.return_code()
+                                == Some(&aws_sdk_ec2::types::SnapshotReturnCodes::Success)
+                        })
+                        .filter_map(|r| r.snapshot_id())
+                        .collect();
+                    remaining.retain(|s| !done.contains(&s.as_str()));
+                }
                 // Already gone: a previous evaluation got this far.
                 Err(e)
                     if e.as_service_error()
@@ -315,7 +333,7 @@ impl ImageProvider for Aws {
                 Err(e) => return Err(api("DeregisterImage", describe_error(&e))),
             }
             // The snapshot stays "in use" for a moment after the AMI is gone.
-            for snapshot in &image.snapshots {
+            for snapshot in remaining {
                 match with_backoff(self, &["InvalidSnapshot.InUse"], || {
                     client.delete_snapshot().snapshot_id(snapshot).send()
                 })
