@@ -81,7 +81,7 @@ enum Command {
         #[arg(long)]
         once: bool,
         /// How many builds to run (the first, then rebuilds).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         builds: usize,
         /// Where the demo keeps its cluster state and logs.
         #[arg(long, env = "KILN_DEMO_DIR")]
@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube_client=off"));
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)

@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kiln::{
-    api::{ExecutorType, ImageBuild},
+    api::{ExecutorType, ImageBuild, ImagePolicy},
     testenv::{ControlPlane, Moto, Options},
 };
 use kube::{
@@ -18,6 +18,7 @@ use kube::{
 const NS: &str = "demo";
 const BUILD: &str = "base-ami";
 const IMAGE_BUILD: &str = include_str!("../../config/demo/imagebuild.yaml");
+const IMAGE_POLICY: &str = include_str!("../../config/demo/imagepolicy.yaml");
 
 /// What the demo does.
 pub struct DemoOptions {
@@ -59,7 +60,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let controller = start_controller(client.clone(), &options.state_dir)?;
 
     step(
-        "applying the samples: namespace demo, a credentials Secret, ImageBuild base-ami (us-east-1 + eu-west-1)",
+        "applying the samples: namespace demo, a credentials Secret, ImageBuild base-ami (us-east-1 + eu-west-1), ImagePolicy keepLast 2",
     );
     apply_samples(&client, moto.endpoint()).await?;
     let builds: Api<ImageBuild> = Api::namespaced(client.clone(), NS);
@@ -79,20 +80,39 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         last = wait_ready(&builds, &mut seen, Some(&last)).await?;
     }
 
-    step("kubectl get imagebuilds (printed by the apiserver)");
+    let pruned = wait_pruned(&client, options.builds).await?;
+
+    step("kubectl get imagebuilds,imagepolicies -n demo (printed by the apiserver)");
+    let base = format!("/apis/kiln.dev/v1alpha1/namespaces/{NS}");
     print!(
         "{}",
-        super::table::render(
-            &client,
-            &format!("/apis/kiln.dev/v1alpha1/namespaces/{NS}/imagebuilds")
-        )
-        .await?
+        super::table::render(&client, &format!("{base}/imagebuilds")).await?
     );
-    step("AMIs kiln owns in moto");
+    println!();
+    print!(
+        "{}",
+        super::table::render(&client, &format!("{base}/imagepolicies")).await?
+    );
+    step("pruned by ImagePolicy base-ami-retention");
+    let rows: Vec<Vec<String>> = pruned
+        .iter()
+        .map(|d| {
+            vec![
+                d.region.clone(),
+                d.image_id.clone(),
+                d.build_id.clone().unwrap_or_default(),
+                d.reason.clone(),
+            ]
+        })
+        .collect();
+    let header = ["REGION", "AMI", "BUILD-ID", "REASON"].map(String::from);
+    print!("{}", super::table::format_rows(&header, &rows));
+    step("AMIs kiln owns in moto now");
     print_amis(&moto, &client).await?;
     println!(
-        "demo: {} builds Ready in {}s",
+        "demo: {} builds Ready, {} AMIs pruned, in {}s",
         options.builds,
+        pruned.len(),
         started.elapsed().as_secs()
     );
 
@@ -171,7 +191,49 @@ async fn apply_samples(client: &Client, endpoint: &str) -> anyhow::Result<()> {
     Api::<ImageBuild>::namespaced(client.clone(), NS)
         .patch(BUILD, &params, &Patch::Apply(&ib))
         .await?;
+    let policy: ImagePolicy =
+        serde_yaml_ng::from_str(IMAGE_POLICY).context("config/demo/imagepolicy.yaml")?;
+    Api::<ImagePolicy>::namespaced(client.clone(), NS)
+        .patch(&policy.name_any(), &params, &Patch::Apply(&policy))
+        .await?;
     Ok(())
+}
+
+/// Waits until the policy has pruned everything beyond keepLast: two regions,
+/// `builds - keepLast` superseded AMIs in each.
+async fn wait_pruned(
+    client: &Client,
+    builds: usize,
+) -> anyhow::Result<Vec<kiln::api::ImageDecision>> {
+    let policies: Api<ImagePolicy> = Api::namespaced(client.clone(), NS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    loop {
+        let p = policies.get("base-ami-retention").await?;
+        let keep = usize::try_from(p.spec.keep_last).unwrap_or(1);
+        let want = 2 * builds.saturating_sub(keep);
+        let status = p.status.unwrap_or_default();
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        if message != last {
+            eprintln!("    base-ami-retention: {message}");
+            last = message;
+        }
+        if status.deleted.len() >= want {
+            return Ok(status.deleted);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the policy pruned {} of {want} AMIs in 2 minutes",
+                status.deleted.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Waits for a new Ready image, printing each change of phase on the way.

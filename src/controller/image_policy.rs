@@ -50,6 +50,21 @@ pub fn rules(spec: &ImagePolicySpec) -> Rules {
     }
 }
 
+/// Whether a policy selects an ImageBuild (by name or label).
+pub fn selects(policy: &ImagePolicy, ib: &ImageBuild) -> bool {
+    let name = ib.name_any();
+    if policy.spec.builds.names.contains(&name) {
+        return true;
+    }
+    let Some(selector) = &policy.spec.builds.selector else {
+        return false;
+    };
+    match kube::core::Selector::try_from(selector.clone()) {
+        Ok(s) => kube::core::SelectorExt::matches(&s, ib.labels()),
+        Err(_) => false,
+    }
+}
+
 /// A label selector as the apiserver's query syntax.
 pub fn selector_string(s: &LabelSelector) -> String {
     let mut parts: Vec<String> = s

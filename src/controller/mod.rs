@@ -168,6 +168,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(executor = ?config.default_executor, namespace = config.namespace.as_deref().unwrap_or("<all>"), "controller started");
+    let watched_builds = builds.clone();
     let policies: Api<ImagePolicy> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -185,7 +186,24 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
                 tracing::debug!(error = %e, "reconcile loop");
             }
         });
-    let policy_loop = Controller::new(policies, watcher::Config::default())
+    // A new image (or any ImageBuild change) re-evaluates the policies of its
+    // namespace at once, so superseded images go without waiting an interval.
+    let policy_controller = Controller::new(policies, watcher::Config::default());
+    let store = policy_controller.store();
+    let policy_loop = policy_controller
+        .watches(
+            watched_builds,
+            watcher::Config::default(),
+            move |ib: ImageBuild| {
+                let ns = ib.metadata.namespace.clone();
+                store
+                    .state()
+                    .iter()
+                    .filter(|p| p.metadata.namespace == ns && image_policy::selects(p, &ib))
+                    .map(|p| ObjectRef::from_obj(&**p))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(image_policy::reconcile, policy_error_policy, ctx)
         .for_each(|result| async move {
