@@ -19,3 +19,4 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 pub mod retention;
+pub mod validate;
