@@ -25,6 +25,19 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// List the images an ImageBuild owns, newest first.
+    List {
+        /// NAMESPACE/NAME of an ImageBuild in the cluster (credentials from its Secret).
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        build: Option<String>,
+        /// An ImageBuild manifest instead (credentials from AWS_* environment).
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -86,6 +99,40 @@ enum Command {
         /// Where the demo keeps its cluster state and logs.
         #[arg(long, env = "KILN_DEMO_DIR")]
         state_dir: Option<PathBuf>,
+    },
+    /// Check ImageBuild and ImagePolicy manifests against the cluster's schema
+    /// and CEL rules, and inline templates with `packer validate`; no cluster needed.
+    Validate {
+        /// Manifest files (YAML, several documents allowed).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Skip `packer validate` of inline templates.
+        #[arg(long)]
+        skip_packer: bool,
+        /// The packer binary.
+        #[arg(long, default_value = "packer", env = "KILN_PACKER")]
+        packer: PathBuf,
+    },
+    /// Images kiln owns at the provider.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// Show (--dry-run) or carry out what an ImagePolicy would prune, using the
+    /// current kubeconfig to read the ImageBuilds and their credentials.
+    Prune {
+        /// The ImagePolicy manifest.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Namespace of the ImageBuilds (default: the policy's, else the kubeconfig's).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Run one Packer build described by $KILN_BUILD_REQUEST (used by the executors).
     Runner {
@@ -167,6 +214,36 @@ async fn main() -> anyhow::Result<()> {
                 .context("metrics server")?;
             Ok(())
         }
+        Command::Validate {
+            files,
+            skip_packer,
+            packer,
+        } => {
+            let packer = (!skip_packer).then_some(packer);
+            if !cli::commands::validate(&files, packer).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Images {
+            command: ImagesCommand::List { build, file },
+        } => {
+            let source = match (build, file) {
+                (_, Some(f)) => cli::commands::BuildSource::File(f),
+                (Some(b), None) => {
+                    let (ns, name) = b.split_once('/').context("--build takes NAMESPACE/NAME")?;
+                    cli::commands::BuildSource::Cluster(ns.to_owned(), name.to_owned())
+                }
+                (None, None) => anyhow::bail!("give --build NAMESPACE/NAME or --file MANIFEST"),
+            };
+            cli::commands::images_list(source).await
+        }
+        Command::Prune {
+            policy,
+            namespace,
+            dry_run,
+            yes,
+        } => cli::commands::prune(&policy, namespace, dry_run, yes).await,
         Command::Demo {
             once,
             builds,

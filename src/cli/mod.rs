@@ -1,4 +1,5 @@
 //! Commands for people at a terminal.
 
+pub mod commands;
 pub mod demo;
 pub mod table;

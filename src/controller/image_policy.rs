@@ -151,6 +151,111 @@ pub async fn carry_out(
     .await
 }
 
+/// The plan for one selected ImageBuild.
+pub struct BuildPlan {
+    /// ImageBuild name.
+    pub build: String,
+    /// Its provider, with its credentials.
+    pub provider: Arc<dyn crate::provider::ImageProvider>,
+    /// A decision per owned image.
+    pub decisions: Vec<Decision>,
+}
+
+/// What a policy would do now.
+pub struct PolicyPlan {
+    /// Names of the ImageBuilds it selects.
+    pub selected: Vec<String>,
+    /// Names it lists that do not exist.
+    pub missing: Vec<String>,
+    /// A plan per build that could be evaluated.
+    pub plans: Vec<BuildPlan>,
+    /// Why other builds could not be evaluated.
+    pub problems: Vec<String>,
+}
+
+/// Selects a policy's builds, lists their owned images and plans retention.
+/// Shared by the controller and `kiln prune`.
+pub async fn plan_policy(
+    client: &kube::Client,
+    ns: &str,
+    spec: &ImagePolicySpec,
+    now: Timestamp,
+) -> Result<PolicyPlan, Error> {
+    let builds_api: Api<ImageBuild> = Api::namespaced(client.clone(), ns);
+    // Every ImageBuild of the namespace: children protect their sources.
+    let all = builds_api.list(&ListParams::default()).await?.items;
+    let mut selected: BTreeMap<String, ImageBuild> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for name in &spec.builds.names {
+        match all.iter().find(|b| &b.name_any() == name) {
+            Some(b) => {
+                selected.insert(name.clone(), b.clone());
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if let Some(selector) = &spec.builds.selector {
+        for b in builds_api
+            .list(&ListParams::default().labels(&selector_string(selector)))
+            .await?
+        {
+            selected.insert(b.name_any(), b);
+        }
+    }
+    let rules = rules(spec);
+    let in_use = in_use(&all);
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for (name, build) in &selected {
+        let (provider, _) = match dereference::provider(client, build).await? {
+            Ok(p) => p,
+            Err(
+                InputProblem::Missing { message, .. }
+                | InputProblem::Invalid { message, .. }
+                | InputProblem::Unsupported { message },
+            ) => {
+                problems.push(format!("ImageBuild {name}: {message}"));
+                continue;
+            }
+        };
+        let provider: Arc<dyn crate::provider::ImageProvider> = Arc::from(provider);
+        let images = match provider
+            .list_owned(&build.spec.provider.regions, ns, name)
+            .await
+        {
+            Ok(images) => images,
+            Err(e) => {
+                problems.push(format!("ImageBuild {name}: {e}"));
+                continue;
+            }
+        };
+        let latest: BTreeSet<String> = build
+            .status
+            .iter()
+            .flat_map(|s| s.latest_image.iter())
+            .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.clone()))
+            .collect();
+        let protection = Protection {
+            latest,
+            in_use: in_use.clone(),
+        };
+        match retention::plan(ns, name, &images, &rules, &protection, now) {
+            Ok(decisions) => plans.push(BuildPlan {
+                build: name.clone(),
+                provider,
+                decisions,
+            }),
+            Err(e) => problems.push(format!("ImageBuild {name}: {e}")),
+        }
+    }
+    Ok(PolicyPlan {
+        selected: selected.into_keys().collect(),
+        missing,
+        plans,
+        problems,
+    })
+}
+
 /// Reconciles an ImagePolicy.
 pub async fn reconcile(policy: Arc<ImagePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!(
@@ -187,31 +292,16 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
 
-    // 1. Dereference: the selected builds and every ImageBuild of the namespace
-    // (for the images children were built from).
-    let builds_api: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
-    let all = builds_api.list(&ListParams::default()).await?.items;
-    let mut selected: BTreeMap<String, ImageBuild> = BTreeMap::new();
-    let mut missing = Vec::new();
-    for name in &policy.spec.builds.names {
-        match all.iter().find(|b| &b.name_any() == name) {
-            Some(b) => {
-                selected.insert(name.clone(), b.clone());
-            }
-            None => missing.push(name.clone()),
-        }
-    }
-    if let Some(selector) = &policy.spec.builds.selector {
-        let matching = builds_api
-            .list(&ListParams::default().labels(&selector_string(selector)))
-            .await?;
-        for b in matching {
-            selected.insert(b.name_any(), b);
-        }
-    }
-    new.builds = selected.keys().cloned().collect();
+    // 1-2. Dereference and decide.
+    let PolicyPlan {
+        selected,
+        missing,
+        plans,
+        problems,
+    } = plan_policy(&ctx.client, &ns, &policy.spec, now).await?;
+    new.builds = selected;
     new.last_evaluated_at = Some(Time(now));
-    if selected.is_empty() {
+    if new.builds.is_empty() {
         let message = format!(
             "spec.builds selects no ImageBuild in namespace {ns}{}; nothing to prune",
             if missing.is_empty() {
@@ -234,58 +324,15 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
         return Ok(Action::requeue(interval));
     }
 
-    // 2. Decide, per build.
-    let rules = rules(&policy.spec);
-    let in_use = in_use(&all);
-    let mut plans: Vec<(
-        String,
-        Arc<dyn crate::provider::ImageProvider>,
-        Vec<Decision>,
-    )> = Vec::new();
-    let mut problems = Vec::new();
-    for (name, build) in &selected {
-        let (provider, _) = match dereference::provider(&ctx.client, build).await? {
-            Ok(p) => p,
-            Err(
-                InputProblem::Missing { message, .. }
-                | InputProblem::Invalid { message, .. }
-                | InputProblem::Unsupported { message },
-            ) => {
-                problems.push(format!("ImageBuild {name}: {message}"));
-                continue;
-            }
-        };
-        let provider: Arc<dyn crate::provider::ImageProvider> = Arc::from(provider);
-        let images = match provider
-            .list_owned(&build.spec.provider.regions, &ns, name)
-            .await
-        {
-            Ok(images) => images,
-            Err(e) => {
-                problems.push(format!("ImageBuild {name}: {e}"));
-                continue;
-            }
-        };
-        let latest: BTreeSet<String> = build
-            .status
-            .iter()
-            .flat_map(|s| s.latest_image.iter())
-            .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.clone()))
-            .collect();
-        let protection = Protection {
-            latest,
-            in_use: in_use.clone(),
-        };
-        match retention::plan(&ns, name, &images, &rules, &protection, now) {
-            Ok(plan) => plans.push((name.clone(), provider, plan)),
-            Err(e) => problems.push(format!("ImageBuild {name}: {e}")),
-        }
-    }
-
     // 3. Act (or only report, with dryRun).
     let mut summary = PolicySummary::default();
     let mut failures = Vec::new();
-    for (name, provider, plan) in &plans {
+    for BuildPlan {
+        build: name,
+        provider,
+        decisions: plan,
+    } in &plans
+    {
         let (keep, change): (Vec<&Decision>, Vec<&Decision>) =
             plan.iter().partition(|d| d.action == RetentionAction::Keep);
         for d in &keep {

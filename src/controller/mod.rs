@@ -1,7 +1,7 @@
 //! The controller: a kube-runtime `Controller` over ImageBuilds, with the
 //! clients, event recorder, executors and metrics in one [`Context`].
 
-mod dereference;
+pub mod dereference;
 mod image_build;
 pub mod image_policy;
 

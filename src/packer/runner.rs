@@ -324,6 +324,35 @@ pub async fn run(
     Ok(result(Outcome::Succeeded, None, artifacts, version))
 }
 
+/// Runs only `packer validate` on a request's template and variables, with
+/// placeholder values for kiln's own variables. `Ok(None)` when Packer accepts
+/// it, `Ok(Some(output))` when it does not.
+pub async fn validate_only(
+    request: &BuildRequest,
+    options: &RunnerOptions,
+) -> Result<Option<String>, RunnerError> {
+    let dir = &options.workdir;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| RunnerError::Io("creating the work directory".into(), e))?;
+    tokio::fs::write(dir.join("template.pkr.hcl"), &request.template)
+        .await
+        .map_err(|e| RunnerError::Io("writing the template".into(), e))?;
+    let var_file = dir.join("kiln.pkrvars.json");
+    let vars = var_file_contents(request, &declared_variables(&request.template));
+    tokio::fs::write(
+        &var_file,
+        serde_json::to_vec_pretty(&vars).unwrap_or_default(),
+    )
+    .await
+    .map_err(|e| RunnerError::Io("writing the var-file".into(), e))?;
+    let var_arg = format!("-var-file={}", var_file.display());
+    let out = packer(options, dir, &["validate", &var_arg, "."])
+        .await
+        .map_err(|e| RunnerError::Io(format!("running {}", options.packer.display()), e))?;
+    Ok((!out.success).then(|| out.combined().trim().to_owned()))
+}
+
 fn var_file_contents(
     request: &BuildRequest,
     declared: &BTreeSet<String>,

@@ -1,0 +1,398 @@
+//! `kiln validate`, `kiln images list` and `kiln prune`: what the seeds'
+//! users do by hand today, from the same code the controller runs.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, bail};
+use jiff::Timestamp;
+use kiln::{
+    api::{ImageBuild, ImagePolicy, RetentionAction},
+    controller::image_policy::{self, BuildPlan},
+    packer::runner::{self, BuildRequest, RunnerOptions},
+    provider::{
+        ImageProvider,
+        aws::{Aws, StaticCredentials},
+    },
+    retention::ImageInfo,
+};
+use serde_json::Value;
+
+use super::table::format_rows;
+
+/// Progress for people, not for logs: only when stderr is a terminal.
+fn progress(text: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("... {text}");
+    }
+}
+
+/// Reads every YAML document of a file.
+pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .with_context(|| format!("{}: document {} is not valid YAML", path.display(), i + 1))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn describe(v: &Value) -> String {
+    format!(
+        "{}/{}",
+        v.get("kind").and_then(Value::as_str).unwrap_or("<no kind>"),
+        v.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("<no name>")
+    )
+}
+
+/// `kiln validate`: schema, CEL rules, and `packer validate` for inline
+/// templates. Returns whether everything was valid.
+pub async fn validate(files: &[PathBuf], packer: Option<PathBuf>) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for file in files {
+        let docs = match read_manifests(file) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("{e:#}");
+                ok = false;
+                continue;
+            }
+        };
+        if docs.is_empty() {
+            println!("{}: no manifests", file.display());
+            ok = false;
+        }
+        for doc in docs {
+            let what = describe(&doc);
+            let mut problems: Vec<String> = kiln::validate::manifest(&doc)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if problems.is_empty()
+                && let Some(packer) = &packer
+                && doc.get("kind").and_then(Value::as_str) == Some("ImageBuild")
+            {
+                let ib: ImageBuild =
+                    serde_json::from_value(doc.clone()).context("reading a valid ImageBuild")?;
+                if let Some(template) = ib.spec.template.inline.clone() {
+                    progress(&format!("packer validate {what}"));
+                    if let Some(output) = packer_validate(&ib, template, packer).await? {
+                        problems.push(format!(
+                            "spec.template.inline: packer validate failed:\n{output}"
+                        ));
+                    }
+                }
+            }
+            if problems.is_empty() {
+                println!("{}: {what}: valid", file.display());
+            } else {
+                ok = false;
+                println!("{}: {what}: invalid", file.display());
+                for p in problems {
+                    println!("  - {}", p.replace('\n', "\n    "));
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+async fn packer_validate(
+    ib: &ImageBuild,
+    template: String,
+    packer: &Path,
+) -> anyhow::Result<Option<String>> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let request = BuildRequest {
+        build_id: "validate-0".into(),
+        namespace: ib
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: ib.metadata.name.clone().unwrap_or_default(),
+        spec_hash: "0".repeat(16),
+        provider: ib.spec.provider.type_,
+        regions: ib.spec.provider.regions.clone(),
+        endpoint: ib.spec.provider.endpoint.clone(),
+        template,
+        variables: ib.spec.variables.clone(),
+        timestamp: kiln::build::status::version_stamp(Timestamp::now()),
+    };
+    let options = RunnerOptions {
+        packer: packer.to_owned(),
+        workdir: dir.path().to_owned(),
+    };
+    Ok(runner::validate_only(&request, &options).await?)
+}
+
+/// Where `images list` finds the ImageBuild.
+pub enum BuildSource {
+    /// `NAMESPACE/NAME` in the cluster; credentials from its Secret.
+    Cluster(String, String),
+    /// A manifest; credentials from the environment.
+    File(PathBuf),
+}
+
+fn env_credentials() -> Option<StaticCredentials> {
+    Some(StaticCredentials {
+        access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok()?,
+        secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
+        session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+    })
+}
+
+/// `kiln images list`: the images kiln owns for a build, newest first.
+pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
+    let (ib, provider): (ImageBuild, Arc<dyn ImageProvider>) = match source {
+        BuildSource::File(path) => {
+            let doc = read_manifests(&path)?
+                .into_iter()
+                .find(|d| d.get("kind").and_then(Value::as_str) == Some("ImageBuild"))
+                .with_context(|| format!("{}: no ImageBuild in the file", path.display()))?;
+            let problems = kiln::validate::manifest(&doc);
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                bail!(
+                    "{}: {} is invalid:\n  - {}",
+                    path.display(),
+                    describe(&doc),
+                    list.join("\n  - ")
+                );
+            }
+            let ib: ImageBuild = serde_json::from_value(doc)?;
+            if ib.spec.provider.type_ != kiln::api::ProviderType::Aws {
+                bail!(
+                    "listing {} images is not supported yet; kiln lists AWS images",
+                    ib.spec.provider.type_.as_str()
+                );
+            }
+            let aws = Aws::new(ib.spec.provider.endpoint.clone(), env_credentials());
+            (ib, Arc::new(aws))
+        }
+        BuildSource::Cluster(ns, name) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes (kubeconfig)")?;
+            let api: kube::Api<ImageBuild> = kube::Api::namespaced(client.clone(), &ns);
+            let ib = api
+                .get_opt(&name)
+                .await?
+                .with_context(|| format!("ImageBuild {ns}/{name} not found"))?;
+            let provider = match kiln::controller::dereference::provider(&client, &ib).await? {
+                Ok((p, _)) => p,
+                Err(problem) => bail!("ImageBuild {ns}/{name}: {problem:?}"),
+            };
+            (ib, Arc::from(provider))
+        }
+    };
+    let ns = ib
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = ib.metadata.name.clone().unwrap_or_default();
+    progress(&format!(
+        "listing the images of {ns}/{name} in {}",
+        ib.spec.provider.regions.join(", ")
+    ));
+    let mut images = provider
+        .list_owned(&ib.spec.provider.regions, &ns, &name)
+        .await?;
+    images.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.region.cmp(&b.region))
+    });
+    let latest: Vec<String> = ib
+        .status
+        .iter()
+        .flat_map(|s| s.latest_image.iter())
+        .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.clone()))
+        .collect();
+    let now = Timestamp::now();
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i: &ImageInfo| {
+            vec![
+                i.region.clone(),
+                i.image_id.clone(),
+                i.build_id().unwrap_or("").to_owned(),
+                i.created_at.strftime("%Y-%m-%d %H:%M").to_string(),
+                age(now, i.created_at),
+                if latest.contains(&i.image_id) {
+                    "yes".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        format_rows(
+            &["REGION", "IMAGE", "BUILD-ID", "CREATED", "AGE", "LATEST"].map(String::from),
+            &rows
+        )
+    );
+    eprintln!("{} image(s) owned by ImageBuild {ns}/{name}", images.len());
+    Ok(())
+}
+
+fn age(now: Timestamp, then: Timestamp) -> String {
+    let s = now.duration_since(then).as_secs().max(0);
+    match s {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `kiln prune`: the plan an ImagePolicy would carry out, and with
+/// confirmation (or `--yes`), carrying it out.
+pub async fn prune(
+    policy_file: &Path,
+    namespace: Option<String>,
+    dry_run: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let doc = read_manifests(policy_file)?
+        .into_iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some("ImagePolicy"))
+        .with_context(|| format!("{}: no ImagePolicy in the file", policy_file.display()))?;
+    let problems = kiln::validate::manifest(&doc);
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!(
+            "{}: {} is invalid:\n  - {}",
+            policy_file.display(),
+            describe(&doc),
+            list.join("\n  - ")
+        );
+    }
+    let policy: ImagePolicy = serde_json::from_value(doc)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (kubeconfig)")?;
+    let ns = namespace
+        .or(policy.metadata.namespace.clone())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let now = Timestamp::now();
+    progress(&format!(
+        "listing the images of the ImageBuilds the policy selects in {ns}"
+    ));
+    let plan = image_policy::plan_policy(&client, &ns, &policy.spec, now).await?;
+    for p in &plan.problems {
+        eprintln!("warning: {p}");
+    }
+    if plan.selected.is_empty() {
+        bail!(
+            "the policy selects no ImageBuild in namespace {ns}{}",
+            if plan.missing.is_empty() {
+                String::new()
+            } else {
+                format!(" (not found: {})", plan.missing.join(", "))
+            }
+        );
+    }
+    let mut rows = Vec::new();
+    let mut kept = 0;
+    for BuildPlan {
+        build, decisions, ..
+    } in &plan.plans
+    {
+        for d in decisions {
+            if d.action == RetentionAction::Keep {
+                kept += 1;
+                continue;
+            }
+            rows.push(vec![
+                build.clone(),
+                d.image.region.clone(),
+                d.image.image_id.clone(),
+                d.image.build_id().unwrap_or("").to_owned(),
+                action(d.action).into(),
+                d.reason.clone(),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        format_rows(
+            &["BUILD", "REGION", "IMAGE", "BUILD-ID", "ACTION", "REASON"].map(String::from),
+            &rows
+        )
+    );
+    println!("plan: {} to deprecate or delete, {kept} kept", rows.len());
+    if dry_run || rows.is_empty() {
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to change images without confirmation: run on a terminal, or pass --yes"
+            );
+        }
+        eprint!("Carry out this plan ({} images)? [y/N] ", rows.len());
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing changed");
+            return Ok(());
+        }
+    }
+    let mut failed = 0;
+    for BuildPlan {
+        build,
+        provider,
+        decisions,
+    } in plan.plans
+    {
+        progress(&format!("pruning {build}"));
+        for (d, r) in image_policy::carry_out(provider, decisions, now).await {
+            match r {
+                Ok(None) => println!(
+                    "{} {} in {} ({build})",
+                    if d.action == RetentionAction::Delete {
+                        "deleted"
+                    } else {
+                        "deprecated"
+                    },
+                    d.image.image_id,
+                    d.image.region
+                ),
+                Ok(Some(note)) => {
+                    println!("kept {} in {}: {note}", d.image.image_id, d.image.region)
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("failed {} in {}: {e}", d.image.image_id, d.image.region);
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} action(s) failed");
+    }
+    Ok(())
+}
+
+fn action(a: RetentionAction) -> &'static str {
+    match a {
+        RetentionAction::Keep => "keep",
+        RetentionAction::Deprecate => "deprecate",
+        RetentionAction::Delete => "delete",
+    }
+}
