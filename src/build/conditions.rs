@@ -49,3 +49,40 @@ pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == "True")
 }
+
+/// Settles the kstatus conditions after a reconcile that is done for now:
+/// Ready as given, Reconciling gone, Stalled set (user must act) or gone.
+#[allow(clippy::too_many_arguments)]
+pub fn settle(
+    conditions: &mut Vec<Condition>,
+    ready: &str,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+    generation: Option<i64>,
+    now: Time,
+) {
+    set(
+        conditions,
+        crate::api::condition::READY,
+        ready,
+        reason,
+        message,
+        generation,
+        now.clone(),
+    );
+    remove(conditions, crate::api::condition::RECONCILING);
+    if stalled {
+        set(
+            conditions,
+            crate::api::condition::STALLED,
+            "True",
+            reason,
+            message,
+            generation,
+            now,
+        );
+    } else {
+        remove(conditions, crate::api::condition::STALLED);
+    }
+}

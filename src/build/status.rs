@@ -164,17 +164,15 @@ fn up_to_date_conditions(s: &mut ImageBuildStatus, generation: Option<i64>, now:
             ids.join(", ")
         )
     });
-    conditions::set(
+    conditions::settle(
         &mut s.conditions,
-        READY,
         "True",
         "Succeeded",
         &message,
+        false,
         generation,
         Time(now),
     );
-    conditions::remove(&mut s.conditions, RECONCILING);
-    conditions::remove(&mut s.conditions, STALLED);
 }
 
 /// A build failed: schedule a retry, or stall when retrying cannot help or the
@@ -268,25 +266,15 @@ fn stall(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    conditions::set(
+    conditions::settle(
         &mut s.conditions,
-        READY,
         "False",
         reason,
         message,
+        true,
         generation,
         Time(now),
     );
-    conditions::set(
-        &mut s.conditions,
-        STALLED,
-        "True",
-        reason,
-        message,
-        generation,
-        Time(now),
-    );
-    conditions::remove(&mut s.conditions, RECONCILING);
 }
 
 /// The user must act.

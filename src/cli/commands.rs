@@ -250,13 +250,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
 }
 
 fn age(now: Timestamp, then: Timestamp) -> String {
-    let s = now.duration_since(then).as_secs().max(0);
-    match s {
-        s if s >= 86_400 => format!("{}d", s / 86_400),
-        s if s >= 3_600 => format!("{}h", s / 3_600),
-        s if s >= 60 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
+    kiln::retention::plan::human(now.duration_since(then).try_into().unwrap_or_default())
 }
 
 /// `kiln prune`: the plan an ImagePolicy would carry out, and with

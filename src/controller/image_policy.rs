@@ -25,7 +25,6 @@ use crate::{
     api::{
         ImageBuild, ImageDecision, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, PolicySummary,
         RetentionAction,
-        condition::{READY, RECONCILING, STALLED},
     },
     build::{conditions, decide::InputProblem},
     provider::aws::CONCURRENCY,
@@ -502,6 +501,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(requeue))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn set(
     s: &mut ImagePolicyStatus,
     status: &str,
@@ -511,29 +511,15 @@ fn set(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    conditions::set(
+    conditions::settle(
         &mut s.conditions,
-        READY,
         status,
         reason,
         message,
+        stalled,
         generation,
         Time(now),
     );
-    conditions::remove(&mut s.conditions, RECONCILING);
-    if stalled {
-        conditions::set(
-            &mut s.conditions,
-            STALLED,
-            "True",
-            reason,
-            message,
-            generation,
-            Time(now),
-        );
-    } else {
-        conditions::remove(&mut s.conditions, STALLED);
-    }
 }
 
 /// Publishes an Event about one image. The image is the Event's related

@@ -106,7 +106,8 @@ pub enum PlanError {
     },
 }
 
-fn human(d: Duration) -> String {
+/// A duration the way people say it: `3d`, `5h`, `10m`, `42s`.
+pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         s if s >= 86_400 => format!("{}d", s / 86_400),
