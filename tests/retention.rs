@@ -345,7 +345,10 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
     // is reported and is not fatal; the image stays.
     // (The maxAge policy goes first: it would prune the new build's predecessor
     // as soon as the new image is Ready.)
-    policies.delete("max-age", &DeleteParams::default()).await.expect("delete policy");
+    policies
+        .delete("max-age", &DeleteParams::default())
+        .await
+        .expect("delete policy");
     let patch =
         json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "one-more"}}});
     builds
