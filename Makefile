@@ -39,7 +39,7 @@ demo: setup ## Run kiln locally: control plane, moto as EC2, the controller, sam
 test: setup lint ## Install what is needed, then run every test on a real control plane.
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --lib --bins --tests --no-fail-fast
 
 bench: setup ## Benchmarks: prune 10,000 AMIs in moto against a sequential baseline (BENCH_IMAGES=N to change).
 	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
