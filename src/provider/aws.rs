@@ -37,6 +37,8 @@ pub struct Aws {
     endpoint: Option<String>,
     credentials: Option<StaticCredentials>,
     calls: AtomicU64,
+    // One client (and so one connection pool) per region, reused by every call.
+    clients: std::sync::Mutex<BTreeMap<String, Client>>,
 }
 
 /// Concurrent EC2 calls retention makes (per policy evaluation).
@@ -51,6 +53,7 @@ impl Aws {
             endpoint,
             credentials,
             calls: AtomicU64::new(0),
+            clients: std::sync::Mutex::default(),
         }
     }
 
@@ -65,6 +68,15 @@ impl Aws {
 
     /// An EC2 client for one region.
     pub async fn client(&self, region: &str) -> Client {
+        let cached = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(region)
+            .cloned();
+        if let Some(client) = cached {
+            return client;
+        }
         let mut builder = match &self.credentials {
             Some(c) => aws_sdk_ec2::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
@@ -84,7 +96,12 @@ impl Aws {
         if let Some(endpoint) = &self.endpoint {
             builder = builder.endpoint_url(endpoint.clone());
         }
-        Client::from_conf(builder.build())
+        let client = Client::from_conf(builder.build());
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(region.to_owned(), client.clone());
+        client
     }
 }
 
