@@ -304,7 +304,10 @@ async fn start_build(
 
 async fn stop_build(ctx: &Context, ns: &str, current: &CurrentBuild) -> Result<(), Error> {
     match current.executor {
-        ExecutorType::Process => ctx.process.stop(&current.build_id),
+        ExecutorType::Process => ctx.process.stop(
+            &current.build_id,
+            "the build exceeded its timeout and was stopped",
+        ),
         ExecutorType::Job => ctx.jobs.stop(ns, &current.handle).await?,
     }
     Ok(())
@@ -466,9 +469,13 @@ async fn write_status(
     }
     let api: Api<ImageBuild> =
         Api::namespaced(ctx.client.clone(), &ib.namespace().unwrap_or_default());
+    // The resourceVersion makes the write conditional on the object this
+    // reconcile decided on: a decision made on a stale cache (which could record
+    // a finished build twice) is refused with 409 and retried on fresh data.
     let patch = serde_json::json!({
         "apiVersion": "kiln.dev/v1alpha1",
         "kind": "ImageBuild",
+        "metadata": {"resourceVersion": ib.resource_version()},
         "status": new,
     });
     api.patch_status(

@@ -564,7 +564,7 @@ async fn write_status(
     }
     let api: Api<ImagePolicy> =
         Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
-    let patch = serde_json::json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy", "status": new});
+    let patch = serde_json::json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"resourceVersion": policy.resource_version()}, "status": new});
     api.patch_status(
         &policy.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),

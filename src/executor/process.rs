@@ -21,7 +21,7 @@ use crate::{
 };
 
 enum Run {
-    Running(Option<oneshot::Sender<()>>),
+    Running(Option<oneshot::Sender<String>>),
     Done(RunState),
 }
 
@@ -106,9 +106,9 @@ impl ProcessExecutor {
                     Ok(status) => read_result(&result_file, &format!("the runner exited with {status} without a result")).await,
                     Err(e) => RunState::Lost(format!("waiting for the runner: {e}")),
                 },
-                _ = kill_rx => {
+                why = kill_rx => {
                     let _ = child.kill().await;
-                    RunState::Lost("the build was stopped".into())
+                    RunState::Lost(why.unwrap_or_else(|_| "the build was stopped".into()))
                 }
                 _ = tokio::time::sleep(timeout) => {
                     let _ = child.kill().await;
@@ -132,12 +132,12 @@ impl ProcessExecutor {
         }
     }
 
-    /// Stops a running build.
-    pub fn stop(&self, build_id: &str) {
+    /// Stops a running build; `why` becomes the recorded failure.
+    pub fn stop(&self, build_id: &str, why: &str) {
         if let Some(Run::Running(kill)) = self.lock().get_mut(build_id)
             && let Some(kill) = kill.take()
         {
-            let _ = kill.send(());
+            let _ = kill.send(why.to_owned());
         }
     }
 
