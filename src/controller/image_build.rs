@@ -4,17 +4,12 @@ use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-        reflector::ObjectRef,
-    },
+    ResourceExt,
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Context, Error, FIELD_MANAGER, KILN_REQUESTED_AT, REQUESTED_AT, dereference};
+use super::{Context, Error, KILN_REQUESTED_AT, REQUESTED_AT, dereference, now};
 use crate::{
     api::{CurrentBuild, ExecutorType, ImageBuild, ImageBuildStatus, condition::READY},
     build::{
@@ -49,12 +44,6 @@ fn executor_of(ib: &ImageBuild, ctx: &Context) -> ExecutorType {
         .executor
         .as_ref()
         .map_or(ctx.config.default_executor, |e| e.type_)
-}
-
-/// Whole seconds: the apiserver stores times to the second, and comparing a
-/// stored status with a computed one must not differ in nanoseconds.
-fn now() -> Timestamp {
-    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now())
 }
 
 async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error> {
@@ -445,17 +434,7 @@ async fn finish_failed(
 }
 
 async fn publish(ctx: &Context, ib: &ImageBuild, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        // The Events API caps notes at 1 KiB.
-        note: Some(crate::packer::runner::tail(&note, 1000)),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &ib.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish an Event");
-    }
+    super::publish(ctx, ib, type_, reason, "Reconcile", note, None).await;
 }
 
 async fn write_status(
@@ -467,22 +446,5 @@ async fn write_status(
     if old == new {
         return Ok(());
     }
-    let api: Api<ImageBuild> =
-        Api::namespaced(ctx.client.clone(), &ib.namespace().unwrap_or_default());
-    // The resourceVersion makes the write conditional on the object this
-    // reconcile decided on: a decision made on a stale cache (which could record
-    // a finished build twice) is refused with 409 and retried on fresh data.
-    let patch = serde_json::json!({
-        "apiVersion": "kiln.dev/v1alpha1",
-        "kind": "ImageBuild",
-        "metadata": {"resourceVersion": ib.resource_version()},
-        "status": new,
-    });
-    api.patch_status(
-        &ib.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    super::apply_status(ctx, ib, new).await
 }

@@ -11,16 +11,13 @@ use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
+    Api, ResourceExt,
+    api::ListParams,
+    runtime::{controller::Action, events::EventType},
 };
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Context, Error, FIELD_MANAGER, dereference};
+use super::{Context, Error, dereference};
 use crate::{
     api::{
         ImageBuild, ImageDecision, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, PolicySummary,
@@ -274,8 +271,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     let ns = policy.namespace().ok_or(Error::Metadata("namespace"))?;
     let generation = policy.metadata.generation;
     let old = policy.status.clone().unwrap_or_default();
-    let now =
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let now = super::now();
     let interval: Duration = policy.spec.interval.into();
     let mut new = ImagePolicyStatus {
         observed_generation: generation,
@@ -537,39 +533,25 @@ async fn publish(
         name: Some(image.to_owned()),
         ..Default::default()
     };
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(crate::packer::runner::tail(&note, 1000)),
-        action: "Prune".to_owned(),
-        secondary: Some(related),
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish an Event");
-    }
+    super::publish(ctx, policy, type_, reason, "Prune", note, Some(related)).await;
 }
 
+/// Writes the status unless only `lastEvaluatedAt` would change.
 async fn write_status(
     ctx: &Context,
     policy: &ImagePolicy,
     old: &ImagePolicyStatus,
     new: &ImagePolicyStatus,
 ) -> Result<(), Error> {
-    let mut a = old.clone();
-    let mut b = new.clone();
-    a.last_evaluated_at = None;
-    b.last_evaluated_at = None;
-    if a == b {
+    let unchanged = ImagePolicyStatus {
+        last_evaluated_at: None,
+        ..old.clone()
+    } == ImagePolicyStatus {
+        last_evaluated_at: None,
+        ..new.clone()
+    };
+    if unchanged {
         return Ok(());
     }
-    let api: Api<ImagePolicy> =
-        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
-    let patch = serde_json::json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"resourceVersion": policy.resource_version()}, "status": new});
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    super::apply_status(ctx, policy, new).await
 }

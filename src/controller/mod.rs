@@ -37,8 +37,7 @@ use crate::{
 
 pub use image_build::reconcile;
 
-/// The field manager of everything the controller writes.
-pub const FIELD_MANAGER: &str = "kiln";
+pub use crate::crdgen::FIELD_MANAGER;
 /// Annotation that forces a rebuild, Flux's convention.
 pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
 /// kiln's own spelling of the same, for clusters without Flux habits.
@@ -214,4 +213,63 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
     futures::join!(build_loop, policy_loop);
     ready.store(false, Ordering::Relaxed);
     tracing::info!("controller stopped");
+}
+
+/// Now, in whole seconds: the apiserver stores times to the second, and a
+/// computed status must not differ from the stored one in nanoseconds.
+pub(crate) fn now() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// Publishes an Event about `obj`; a failure to publish is logged, not fatal.
+pub(crate) async fn publish<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.to_owned(),
+        // The Events API caps notes at 1 KiB.
+        note: Some(crate::packer::runner::tail(&note, 1000)),
+        action: action.to_owned(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish an Event");
+    }
+}
+
+/// Server-side applies `status` to `obj`'s status subresource. The
+/// resourceVersion makes the write conditional on the object the reconcile
+/// decided on: a decision made on a stale cache (which could record a finished
+/// build twice) is refused with 409 and retried on fresh data.
+pub(crate) async fn apply_status<K>(
+    ctx: &Context,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    use kube::ResourceExt as _;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": obj.resource_version()},
+        "status": status,
+    });
+    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
+        .await?;
+    Ok(())
 }
