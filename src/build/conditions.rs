@@ -86,3 +86,36 @@ pub fn settle(
         remove(conditions, crate::api::condition::STALLED);
     }
 }
+
+/// Marks work in progress: Ready as given (Unknown or False), Reconciling
+/// True with its own reason, Stalled gone.
+#[allow(clippy::too_many_arguments)]
+pub fn progress(
+    conditions: &mut Vec<Condition>,
+    ready: &str,
+    ready_reason: &str,
+    reconciling_reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) {
+    set(
+        conditions,
+        crate::api::condition::READY,
+        ready,
+        ready_reason,
+        message,
+        generation,
+        now.clone(),
+    );
+    set(
+        conditions,
+        crate::api::condition::RECONCILING,
+        "True",
+        reconciling_reason,
+        message,
+        generation,
+        now,
+    );
+    remove(conditions, crate::api::condition::STALLED);
+}

@@ -64,8 +64,9 @@ pub struct Observation<'a> {
     pub status: &'a ImageBuildStatus,
     /// `reconcile.fluxcd.io/requestedAt` (or kiln's own annotation).
     pub requested_at: Option<&'a str>,
-    /// The spec hash of the resolved inputs, or why there is none.
-    pub inputs: Result<String, InputProblem>,
+    /// The spec hash of the resolved inputs, or why there is none; `None`
+    /// when they were not read because the current build is still running.
+    pub inputs: Option<Result<String, InputProblem>>,
     /// The state of `status.currentBuild`, when there is one.
     pub run: Option<RunState>,
     /// Now.
@@ -156,7 +157,11 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         };
     }
 
-    let spec_hash = match &o.inputs {
+    let Some(inputs) = &o.inputs else {
+        // Not read: nothing to decide until they are.
+        return Decision::Wait(POLL_DEPENDENCY);
+    };
+    let spec_hash = match inputs {
         Ok(hash) => hash.clone(),
         Err(InputProblem::Missing { reason, message }) => {
             return Decision::Waiting {
@@ -296,7 +301,7 @@ retry: {limit: 2, backoff: 10s, maxBackoff: 30s}
             spec,
             status,
             requested_at: None,
-            inputs: Ok(HASH.into()),
+            inputs: Some(Ok(HASH.into())),
             run: None,
             now: at(now),
         }
@@ -339,7 +344,7 @@ latestImage:
             Decision::UpToDate
         );
         let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
-        o.inputs = Ok("bbbbbbbbbbbbbbbb".into());
+        o.inputs = Some(Ok("bbbbbbbbbbbbbbbb".into()));
         assert!(matches!(decide(&o), Decision::Start(s) if s.spec_hash == "bbbbbbbbbbbbbbbb"));
     }
 
@@ -433,7 +438,7 @@ currentBuild:
         };
         let mut o = observe(&s, &st, "2026-11-22T10:01:00Z");
         o.run = Some(RunState::Finished(result.clone()));
-        o.inputs = Ok("changed".into());
+        o.inputs = Some(Ok("changed".into()));
         assert_eq!(decide(&o), Decision::Finished(result));
         o.run = Some(RunState::Lost("gone".into()));
         assert_eq!(decide(&o), Decision::Lost("gone".into()));
@@ -491,7 +496,7 @@ currentBuild:
         ));
         // A new spec starts over.
         let mut o = observe(&s, &st, "2026-11-22T12:00:00Z");
-        o.inputs = Ok("cccccccccccccccc".into());
+        o.inputs = Some(Ok("cccccccccccccccc".into()));
         assert!(matches!(decide(&o), Decision::Start(s) if s.attempt == 1));
     }
 
@@ -521,10 +526,10 @@ currentBuild:
     fn input_problems_wait_or_stall() {
         let (s, st) = (base_spec(), ImageBuildStatus::default());
         let mut o = observe(&s, &st, "2026-11-22T10:00:00Z");
-        o.inputs = Err(InputProblem::Missing {
+        o.inputs = Some(Err(InputProblem::Missing {
             reason: "CredentialsNotFound",
             message: "Secret x".into(),
-        });
+        }));
         assert!(matches!(
             decide(&o),
             Decision::Waiting {
@@ -532,10 +537,10 @@ currentBuild:
                 ..
             }
         ));
-        o.inputs = Err(InputProblem::Invalid {
+        o.inputs = Some(Err(InputProblem::Invalid {
             reason: "CredentialsInvalid",
             message: "lacks".into(),
-        });
+        }));
         assert!(matches!(
             decide(&o),
             Decision::Stalled {

@@ -8,7 +8,6 @@ use super::{conditions, decide::Start};
 use crate::api::{
     BuildPhase, BuildRecord, BuildResult, CurrentBuild, ExecutorType, FailureRecord,
     ImageBuildSpec, ImageBuildStatus, ImageRecord, RegionArtifact,
-    condition::{READY, RECONCILING, STALLED},
 };
 
 /// Builds kept in `status.history`.
@@ -32,26 +31,15 @@ fn progressing(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let t = Time(now);
-    conditions::set(
+    conditions::progress(
         &mut s.conditions,
-        READY,
         "Unknown",
         reason,
-        message,
-        generation,
-        t.clone(),
-    );
-    conditions::set(
-        &mut s.conditions,
-        RECONCILING,
-        "True",
         reason,
         message,
         generation,
-        t,
+        Time(now),
     );
-    conditions::remove(&mut s.conditions, STALLED);
 }
 
 /// A build was started (or adopted).
@@ -225,25 +213,15 @@ pub fn failed(
                 "attempt {} of build {} failed; retrying at {at}: {message}",
                 current.attempt, current.build_key
             );
-            conditions::set(
+            conditions::progress(
                 &mut s.conditions,
-                READY,
                 "False",
                 "BuildFailed",
-                &text,
-                generation,
-                Time(now),
-            );
-            conditions::set(
-                &mut s.conditions,
-                RECONCILING,
-                "True",
                 "RetryScheduled",
                 &text,
                 generation,
                 Time(now),
             );
-            conditions::remove(&mut s.conditions, STALLED);
         }
         None if !retryable => stall(&mut s, "BuildInvalid", message, generation, now),
         None => stall(
@@ -303,25 +281,15 @@ pub fn waiting(
 ) -> ImageBuildStatus {
     let mut s = base(status, generation);
     s.phase = Some(BuildPhase::Pending);
-    conditions::set(
+    conditions::progress(
         &mut s.conditions,
-        READY,
         "False",
         reason,
-        message,
-        generation,
-        Time(now),
-    );
-    conditions::set(
-        &mut s.conditions,
-        RECONCILING,
-        "True",
         reason,
         message,
         generation,
         Time(now),
     );
-    conditions::remove(&mut s.conditions, STALLED);
     s
 }
 

@@ -45,6 +45,27 @@ pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
+/// The first manifest of `kind` in a file, checked like `kiln validate` does.
+fn load_valid<T: serde::de::DeserializeOwned>(path: &Path, kind: &str) -> anyhow::Result<T> {
+    let doc = read_manifests(path)?
+        .into_iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some(kind))
+        .with_context(|| format!("{}: no {kind} in the file", path.display()))?;
+    let problems: Vec<String> = kiln::validate::manifest(&doc)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !problems.is_empty() {
+        bail!(
+            "{}: {} is invalid:\n  - {}",
+            path.display(),
+            describe(&doc),
+            problems.join("\n  - ")
+        );
+    }
+    Ok(serde_json::from_value(doc)?)
+}
+
 fn describe(v: &Value) -> String {
     format!(
         "{}/{}",
@@ -156,21 +177,7 @@ fn env_credentials() -> Option<StaticCredentials> {
 pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
     let (ib, provider): (ImageBuild, Arc<dyn ImageProvider>) = match source {
         BuildSource::File(path) => {
-            let doc = read_manifests(&path)?
-                .into_iter()
-                .find(|d| d.get("kind").and_then(Value::as_str) == Some("ImageBuild"))
-                .with_context(|| format!("{}: no ImageBuild in the file", path.display()))?;
-            let problems = kiln::validate::manifest(&doc);
-            if !problems.is_empty() {
-                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                bail!(
-                    "{}: {} is invalid:\n  - {}",
-                    path.display(),
-                    describe(&doc),
-                    list.join("\n  - ")
-                );
-            }
-            let ib: ImageBuild = serde_json::from_value(doc)?;
+            let ib: ImageBuild = load_valid(&path, "ImageBuild")?;
             if ib.spec.provider.type_ != kiln::api::ProviderType::Aws {
                 bail!(
                     "listing {} images is not supported yet; kiln lists AWS images",
@@ -261,21 +268,7 @@ pub async fn prune(
     dry_run: bool,
     yes: bool,
 ) -> anyhow::Result<()> {
-    let doc = read_manifests(policy_file)?
-        .into_iter()
-        .find(|d| d.get("kind").and_then(Value::as_str) == Some("ImagePolicy"))
-        .with_context(|| format!("{}: no ImagePolicy in the file", policy_file.display()))?;
-    let problems = kiln::validate::manifest(&doc);
-    if !problems.is_empty() {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        bail!(
-            "{}: {} is invalid:\n  - {}",
-            policy_file.display(),
-            describe(&doc),
-            list.join("\n  - ")
-        );
-    }
-    let policy: ImagePolicy = serde_json::from_value(doc)?;
+    let policy: ImagePolicy = load_valid(policy_file, "ImagePolicy")?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (kubeconfig)")?;

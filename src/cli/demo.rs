@@ -108,7 +108,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let header = ["REGION", "AMI", "BUILD-ID", "REASON"].map(String::from);
     print!("{}", super::table::format_rows(&header, &rows));
     step("AMIs kiln owns in moto now");
-    print_amis(&moto, &client).await?;
+    print_amis(&moto).await?;
     println!(
         "demo: {} builds Ready, {} AMIs pruned, in {}s",
         options.builds,
@@ -279,7 +279,7 @@ async fn wait_ready(
     }
 }
 
-async fn print_amis(moto: &Moto, _client: &Client) -> anyhow::Result<()> {
+async fn print_amis(moto: &Moto) -> anyhow::Result<()> {
     let aws = kiln::provider::aws::Aws::new(
         Some(moto.endpoint().to_owned()),
         Some(kiln::provider::aws::StaticCredentials {

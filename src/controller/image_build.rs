@@ -54,20 +54,26 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
     let now = now();
 
     // 1. Dereference.
-    let resolved = dereference::resolve(&ctx.client, ib).await?;
     let run = match &old.current_build {
         Some(current) => Some(observe(ctx, &ns, current).await?),
         None => None,
+    };
+    // While a build runs, decide() looks only at it: polling it must not read
+    // Secrets, ConfigMaps and the parent every 15 seconds.
+    let resolved = match run {
+        Some(RunState::Running) => None,
+        _ => Some(dereference::resolve(&ctx.client, ib).await?),
     };
     let annotations = ib.annotations();
     let requested_at = annotations
         .get(REQUESTED_AT)
         .or_else(|| annotations.get(KILN_REQUESTED_AT))
         .map(String::as_str);
-    let hash = resolved
-        .as_ref()
-        .map(|r| spec_hash(&ib.spec, &r.inputs))
-        .map_err(Clone::clone);
+    let hash = resolved.as_ref().map(|r| {
+        r.as_ref()
+            .map(|r| spec_hash(&ib.spec, &r.inputs))
+            .map_err(Clone::clone)
+    });
 
     // 2. Decide.
     let decision = decide::decide(&Observation {
@@ -84,10 +90,9 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
     // 3. Act.
     let (new, action) = match decision {
         Decision::Start(start) => {
-            let resolved = match resolved {
-                Ok(r) => r,
+            let Some(Ok(resolved)) = resolved else {
                 // decide() only starts builds whose inputs resolved.
-                Err(_) => return Ok(Action::requeue(decide::POLL_DEPENDENCY)),
+                return Ok(Action::requeue(decide::POLL_DEPENDENCY));
             };
             match resolved
                 .provider
@@ -174,7 +179,7 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
         Decision::Finished(result) => {
             let current = current(&old)?;
             match resolved {
-                Ok(r) => {
+                Some(Ok(r)) => {
                     finish(
                         ctx,
                         ib,
@@ -189,7 +194,8 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
                 }
                 // The inputs vanished after the build started (a Secret was
                 // deleted): the images still have to be claimed, so wait.
-                Err(problem) => {
+                // (They are always read for a finished build: `None` cannot occur.)
+                Some(Err(problem)) => {
                     let message = format!(
                         "build {} finished, but its inputs can no longer be read: {problem:?}",
                         current.build_id
@@ -199,6 +205,10 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
                         Action::requeue(decide::POLL_DEPENDENCY),
                     )
                 }
+                None => (
+                    status::running(&old, generation),
+                    Action::requeue(decide::POLL_RUNNING),
+                ),
             }
         }
         Decision::RetryAt(at) => {

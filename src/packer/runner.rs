@@ -194,22 +194,7 @@ pub async fn run(
         move |e| RunnerError::Io(what, e)
     };
     let dir = &options.workdir;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(io("creating the work directory"))?;
-    tokio::fs::write(dir.join("template.pkr.hcl"), &request.template)
-        .await
-        .map_err(io("writing the template"))?;
-
-    let declared = declared_variables(&request.template);
-    let var_file = dir.join("kiln.pkrvars.json");
-    let vars = var_file_contents(request, &declared);
-    tokio::fs::write(
-        &var_file,
-        serde_json::to_vec_pretty(&vars).unwrap_or_default(),
-    )
-    .await
-    .map_err(io("writing the var-file"))?;
+    let var_file = prepare(request, dir).await?;
 
     let result =
         |outcome, message: Option<String>, artifacts, version: Option<Version>| RunnerResult {
@@ -332,12 +317,24 @@ pub async fn validate_only(
     options: &RunnerOptions,
 ) -> Result<Option<String>, RunnerError> {
     let dir = &options.workdir;
+    let var_file = prepare(request, dir).await?;
+    let var_arg = format!("-var-file={}", var_file.display());
+    let out = packer(options, dir, &["validate", &var_arg, "."])
+        .await
+        .map_err(|e| RunnerError::Io(format!("running {}", options.packer.display()), e))?;
+    Ok((!out.success).then(|| out.combined().trim().to_owned()))
+}
+
+/// Writes the template and the var-file (with kiln's variables where the
+/// template declares them) into `dir`; returns the var-file's path.
+async fn prepare(request: &BuildRequest, dir: &Path) -> Result<PathBuf, RunnerError> {
+    let io = |what: &'static str| move |e| RunnerError::Io(what.to_owned(), e);
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| RunnerError::Io("creating the work directory".into(), e))?;
+        .map_err(io("creating the work directory"))?;
     tokio::fs::write(dir.join("template.pkr.hcl"), &request.template)
         .await
-        .map_err(|e| RunnerError::Io("writing the template".into(), e))?;
+        .map_err(io("writing the template"))?;
     let var_file = dir.join("kiln.pkrvars.json");
     let vars = var_file_contents(request, &declared_variables(&request.template));
     tokio::fs::write(
@@ -345,12 +342,8 @@ pub async fn validate_only(
         serde_json::to_vec_pretty(&vars).unwrap_or_default(),
     )
     .await
-    .map_err(|e| RunnerError::Io("writing the var-file".into(), e))?;
-    let var_arg = format!("-var-file={}", var_file.display());
-    let out = packer(options, dir, &["validate", &var_arg, "."])
-        .await
-        .map_err(|e| RunnerError::Io(format!("running {}", options.packer.display()), e))?;
-    Ok((!out.success).then(|| out.combined().trim().to_owned()))
+    .map_err(io("writing the var-file"))?;
+    Ok(var_file)
 }
 
 fn var_file_contents(
