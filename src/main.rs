@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::{
     api::ExecutorType,
+    controller::leader,
     packer::runner::{self, BuildRequest, Outcome, REQUEST_ENV, Redactor, RunnerOptions},
 };
 
@@ -36,6 +37,26 @@ enum ImagesCommand {
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
     },
+}
+
+/// Leader election: with several replicas, only the lease holder reconciles.
+#[derive(clap::Args)]
+struct ElectionArgs {
+    /// Reconcile only while holding the leader Lease.
+    #[arg(long, env = "KILN_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the in-cluster namespace).
+    #[arg(long, env = "KILN_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "kiln-controller")]
+    leader_election_lease_name: String,
+    /// Seconds a holder keeps the lease without renewing; a standby takes over within it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_duration_seconds: u64,
+    /// The holder renews this many seconds before the lease would expire.
+    #[arg(long, default_value_t = 5)]
+    lease_renew_before_seconds: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +107,8 @@ enum Command {
         /// How often Ready ImageBuilds are looked at again, in seconds.
         #[arg(long, default_value_t = 600)]
         resync_seconds: u64,
+        #[command(flatten)]
+        election: ElectionArgs,
     },
     /// Run kiln's main job locally: a control plane, moto as EC2, the
     /// controller, and sample builds. Needs packer and moto (`make setup`).
@@ -175,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             workdir,
             namespace,
             resync_seconds,
+            election,
         } => {
             init_logging(cli.log_format);
             let client = kube::Client::try_default()
@@ -202,16 +226,50 @@ async fn main() -> anyhow::Result<()> {
                 ready: ready.clone(),
                 metrics: metrics.clone(),
             };
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(kiln::server::serve(metrics_addr, health, async move {
-                let _ = stop_rx.await;
-            }));
-            kiln::controller::run(client, config, metrics, ready).await;
-            let _ = stop_tx.send(());
+            let shutdown = leader::shutdown_on_signal();
+            let server = tokio::spawn(kiln::server::serve(
+                metrics_addr,
+                health,
+                shutdown.clone().cancelled_owned(),
+            ));
+            let ended = if election.leader_elect {
+                let election = election.resolve(&client).await?;
+                let lead = |term| {
+                    kiln::controller::run(
+                        client.clone(),
+                        config,
+                        metrics.clone(),
+                        ready.clone(),
+                        term,
+                    )
+                };
+                leader::run(
+                    client.clone(),
+                    &election,
+                    metrics.clone(),
+                    shutdown.clone(),
+                    || ready.store(true, std::sync::atomic::Ordering::Relaxed),
+                    lead,
+                )
+                .await?
+            } else {
+                metrics.leader.set(1);
+                kiln::controller::run(client, config, metrics, ready, shutdown.clone()).await;
+                leader::Ended::Stopped
+            };
+            shutdown.cancel();
             server
                 .await
                 .context("metrics server")?
                 .context("metrics server")?;
+            if ended == leader::Ended::LostLease {
+                // Exiting ends this replica's process builds with it, so a
+                // replica that lost the lease never acts on stale state; it
+                // comes back as a standby.
+                anyhow::bail!(
+                    "lost the leader lease; exiting so the replica restarts as a standby"
+                );
+            }
             Ok(())
         }
         Command::Validate {
@@ -293,6 +351,31 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+impl ElectionArgs {
+    async fn resolve(self, client: &kube::Client) -> anyhow::Result<leader::Election> {
+        let namespace = match self.leader_election_namespace {
+            Some(ns) => ns,
+            None => std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+        };
+        anyhow::ensure!(
+            self.lease_renew_before_seconds < self.lease_duration_seconds,
+            "--lease-renew-before-seconds ({}) must be less than --lease-duration-seconds ({})",
+            self.lease_renew_before_seconds,
+            self.lease_duration_seconds
+        );
+        Ok(leader::Election {
+            namespace,
+            lease_name: self.leader_election_lease_name,
+            identity: leader::identity(),
+            lease_duration: Duration::from_secs(self.lease_duration_seconds),
+            renew_before: Duration::from_secs(self.lease_renew_before_seconds),
+        })
     }
 }
 

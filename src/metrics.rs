@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub builds_failed: Family<BuildLabels, Counter>,
     /// Seconds from start to finish of each build.
     pub build_duration: Histogram,
+    /// 1 while this replica holds the leader lease (or runs without election).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,7 +73,14 @@ impl Default for Metrics {
             "Duration of finished builds",
             build_duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Metrics {
+            leader,
             registry,
             reconciles,
             errors,

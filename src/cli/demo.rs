@@ -149,8 +149,9 @@ fn start_controller(
     };
     let metrics = Arc::new(kiln::metrics::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = kiln::controller::leader::shutdown_on_signal();
     Ok(tokio::spawn(kiln::controller::run(
-        client, config, metrics, ready,
+        client, config, metrics, ready, shutdown,
     )))
 }
 

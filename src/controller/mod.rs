@@ -4,6 +4,7 @@
 pub mod dereference;
 mod image_build;
 pub mod image_policy;
+pub mod leader;
 
 use std::{
     path::PathBuf,
@@ -27,6 +28,7 @@ use kube::{
     },
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{ExecutorType, ImageBuild, ImagePolicy},
@@ -134,8 +136,14 @@ fn error_policy(ib: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+/// Runs both controllers until `shutdown` is cancelled.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let (finished, finished_rx) = mpsc::unbounded_channel();
     let instance = std::env::var("POD_NAME").ok();
     let recorder = Recorder::new(
@@ -178,7 +186,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
         )
         .reconcile_on(finished_stream)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -203,7 +211,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, ready: A
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(image_policy::reconcile, policy_error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
