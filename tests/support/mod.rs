@@ -130,12 +130,34 @@ impl Env {
     }
 
     pub async fn controller(&self, name: &str, args: &[&str]) -> KilnController {
-        KilnController::start(
-            &self.plane.admin_kubeconfig_path(),
-            &self.dir.path().join(name),
-            args,
+        self.controller_with(name, &self.plane.admin_kubeconfig_path(), args, &[])
+            .await
+    }
+
+    /// A controller with its own kubeconfig and environment.
+    pub async fn controller_with(
+        &self,
+        name: &str,
+        kubeconfig: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> KilnController {
+        KilnController::start(kubeconfig, &self.dir.path().join(name), args, envs).await
+    }
+
+    /// Secret, namespace and controller for builds in `ns` with moto's
+    /// throwaway credentials.
+    pub async fn build_namespace(&self, ns: &str) {
+        self.namespace(ns).await;
+        self.aws_secret(
+            ns,
+            "aws",
+            &[
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ],
         )
-        .await
+        .await;
     }
 
     pub fn ec2(&self) -> kiln::provider::aws::Aws {
@@ -158,7 +180,12 @@ pub struct KilnController {
 }
 
 impl KilnController {
-    pub async fn start(kubeconfig: &Path, dir: &Path, args: &[&str]) -> KilnController {
+    pub async fn start(
+        kubeconfig: &Path,
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> KilnController {
         std::fs::create_dir_all(dir).expect("controller dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("port")
@@ -176,6 +203,7 @@ impl KilnController {
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kiln=debug,kube=warn")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
@@ -206,16 +234,29 @@ impl KilnController {
 
     /// SIGTERM, then wait for a graceful exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: sending a signal to our own child.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
+        self.signal(libc::SIGTERM);
         tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .expect("controller exits after SIGTERM")
             .expect("wait")
+    }
+
+    /// Sends `signal` to the controller process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: sending a signal to our own child.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// The value of an unlabelled metric, e.g. `kiln_leader`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
     pub async fn metrics_text(&self) -> String {
