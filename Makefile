@@ -7,7 +7,7 @@ CARGO ?= cargo
 KILN_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
 export KILN_CACHE_DIR
 
-.PHONY: help setup testenv test lint fmt crds build demo bench
+.PHONY: help setup testenv test lint fmt crds manifests build demo bench
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,8 +18,12 @@ setup: ## Install what tests need: packer (Debian), moto (PyPI venv), the Go-bui
 testenv: ## Build or find kube-apiserver, etcd, kube-controller-manager; print their directory.
 	@hack/testenv.sh
 
-crds: ## Regenerate crds/ from the API types.
+crds: ## Regenerate crds/ and the chart's crds/ from the API types.
 	$(CARGO) run --quiet -- crd --out-dir crds
+	$(CARGO) run --quiet -- crd --out-dir charts/kiln/crds
+
+manifests: setup ## Regenerate config/base/ from the chart's default rendering.
+	HELM="$(KILN_CACHE_DIR)/tools/bin/helm" hack/manifests.sh
 
 build: ## Build the kiln binary (debug).
 	$(CARGO) build
@@ -33,12 +37,13 @@ lint: ## rustfmt and clippy, warnings are errors.
 
 demo: setup ## Run kiln locally: control plane, moto as EC2, the controller, sample builds. ARGS=--once exits after.
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
-	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
+	export PATH="$(KILN_CACHE_DIR)/tools/bin:$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) run --quiet -- demo $(ARGS)
 
 test: setup lint ## Install what is needed, then run every test on a real control plane.
+	cd hack/argocd-health && go test ./...
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
-	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
+	export PATH="$(KILN_CACHE_DIR)/tools/bin:$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) test --lib --bins --tests --no-fail-fast
 
 bench: setup ## Benchmarks: prune 10,000 AMIs in moto against a sequential baseline (BENCH_IMAGES=N to change).

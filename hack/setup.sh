@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine:
-# Debian packages (packer), a Python venv with moto's server, and the
+# Debian packages (packer), a Python venv with moto's server, helm, and the
 # Go-built control plane (hack/testenv.sh). Safe to run again: it skips what
 # is already there.
 set -euo pipefail
@@ -31,6 +31,16 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want
 	python3 -m venv "$venv"
 	"$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
 	echo "$want" > "$stamp"
+fi
+
+# helm, pinned and built from Go modules like the control plane: the chart
+# tests render with it and config/ is its output.
+helm_version="v3.19.2"
+tools="$cache_root/tools/bin"
+if [ "$("$tools/helm" version --template '{{.Version}}' 2>/dev/null)" != "$helm_version" ]; then
+	echo "setup: building helm $helm_version into $tools (about 2 minutes)" >&2
+	mkdir -p "$tools"
+	GOBIN="$tools" GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$helm_version"
 fi
 
 "$here/testenv.sh" >/dev/null

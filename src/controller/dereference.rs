@@ -63,6 +63,42 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
     out
 }
 
+/// Reads an object the ImageBuild refers to in `field`. A 403 is something
+/// the installer must fix, so it becomes a named problem rather than an error
+/// retried in silence.
+async fn read<K>(
+    api: &Api<K>,
+    ns: &str,
+    name: &str,
+    field: &str,
+) -> Result<Result<Option<K>, InputProblem>, Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(found) => Ok(Ok(found)),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(Err(missing(
+            "AccessDenied",
+            format!(
+                "kiln may not read {kind} {ns}/{name} ({field}); grant kiln's ServiceAccount get on {plural} in namespace {ns} (Helm chart: add {ns} to rbac.buildNamespaces)",
+                kind = K::kind(&()),
+                plural = K::plural(&()),
+            ),
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unwraps the outer `Result` of [`read`], returning the problem from the caller.
+macro_rules! read_or_return {
+    ($read:expr) => {
+        match $read.await? {
+            Ok(found) => found,
+            Err(problem) => return Ok(Err(problem)),
+        }
+    };
+}
+
 fn missing(reason: &'static str, message: String) -> InputProblem {
     InputProblem::Missing { reason, message }
 }
@@ -88,7 +124,13 @@ pub async fn resolve(
     if let Some(inline) = &spec.template.inline {
         inputs.template = inline.clone();
     } else if let Some(r) = &spec.template.config_map_ref {
-        let Some(cm) = config_maps.get_opt(&r.name).await? else {
+        let cm = read_or_return!(read(
+            &config_maps,
+            &ns,
+            &r.name,
+            "spec.template.configMapRef"
+        ));
+        let Some(cm) = cm else {
             return Ok(Err(missing(
                 "TemplateNotFound",
                 format!(
@@ -125,54 +167,59 @@ pub async fn resolve(
 
     // Variables from ConfigMaps and Secrets; later entries win.
     for (i, source) in spec.variables_from.iter().enumerate() {
+        let field = format!("spec.variablesFrom[{i}]");
         match source.kind {
-            VariablesFromKind::ConfigMap => match config_maps.get_opt(&source.name).await? {
-                Some(cm) => {
-                    for (k, v) in cm.data.unwrap_or_default() {
-                        if is_variable_name(&k) {
-                            inputs.referenced_variables.insert(k.clone(), v.clone());
-                            variables.insert(k, v);
+            VariablesFromKind::ConfigMap => {
+                match read_or_return!(read(&config_maps, &ns, &source.name, &field)) {
+                    Some(cm) => {
+                        for (k, v) in cm.data.unwrap_or_default() {
+                            if is_variable_name(&k) {
+                                inputs.referenced_variables.insert(k.clone(), v.clone());
+                                variables.insert(k, v);
+                            }
                         }
                     }
-                }
-                None if source.optional => {}
-                None => {
-                    return Ok(Err(missing(
-                        "VariablesNotFound",
-                        format!(
-                            "ConfigMap {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
-                            source.name
-                        ),
-                    )));
-                }
-            },
-            VariablesFromKind::Secret => match secrets.get_opt(&source.name).await? {
-                Some(secret) => {
-                    for (k, v) in secret_strings(&secret) {
-                        if is_variable_name(&k) && is_env_name(&k.replace('-', "_")) {
-                            // Secret values reach Packer as PKR_VAR_* environment only.
-                            inputs.referenced_variables.insert(k.clone(), v.clone());
-                            secret_env.retain(|e: &SecretEnv| e.name != format!("PKR_VAR_{k}"));
-                            secret_env.push(SecretEnv {
-                                name: format!("PKR_VAR_{k}"),
-                                secret: source.name.clone(),
-                                key: k,
-                                value: v,
-                            });
-                        }
+                    None if source.optional => {}
+                    None => {
+                        return Ok(Err(missing(
+                            "VariablesNotFound",
+                            format!(
+                                "ConfigMap {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
+                                source.name
+                            ),
+                        )));
                     }
                 }
-                None if source.optional => {}
-                None => {
-                    return Ok(Err(missing(
-                        "VariablesNotFound",
-                        format!(
-                            "Secret {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
-                            source.name
-                        ),
-                    )));
+            }
+            VariablesFromKind::Secret => {
+                match read_or_return!(read(&secrets, &ns, &source.name, &field)) {
+                    Some(secret) => {
+                        for (k, v) in secret_strings(&secret) {
+                            if is_variable_name(&k) && is_env_name(&k.replace('-', "_")) {
+                                // Secret values reach Packer as PKR_VAR_* environment only.
+                                inputs.referenced_variables.insert(k.clone(), v.clone());
+                                secret_env.retain(|e: &SecretEnv| e.name != format!("PKR_VAR_{k}"));
+                                secret_env.push(SecretEnv {
+                                    name: format!("PKR_VAR_{k}"),
+                                    secret: source.name.clone(),
+                                    key: k,
+                                    value: v,
+                                });
+                            }
+                        }
+                    }
+                    None if source.optional => {}
+                    None => {
+                        return Ok(Err(missing(
+                            "VariablesNotFound",
+                            format!(
+                                "Secret {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
+                                source.name
+                            ),
+                        )));
+                    }
                 }
-            },
+            }
         }
     }
     variables.extend(spec.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -180,7 +227,8 @@ pub async fn resolve(
     // Parent image: the parent's image in the region Packer builds in.
     if let Some(parent) = &spec.parent {
         let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
-        let Some(p) = builds.get_opt(&parent.name).await? else {
+        let parent_build = read_or_return!(read(&builds, &ns, &parent.name, "spec.parent.name"));
+        let Some(p) = parent_build else {
             return Ok(Err(missing(
                 "ParentNotFound",
                 format!(
@@ -242,7 +290,13 @@ pub async fn provider(
     let mut secret_env = Vec::new();
     if let Some(c) = &spec.provider.credentials {
         let name = &c.secret_ref.name;
-        let Some(secret) = secrets.get_opt(name).await? else {
+        let secret = read_or_return!(read(
+            &secrets,
+            &ns,
+            name,
+            "spec.provider.credentials.secretRef"
+        ));
+        let Some(secret) = secret else {
             let hint = match spec.provider.type_ {
                 ProviderType::Aws => " with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
                 ProviderType::Digitalocean => " with DIGITALOCEAN_TOKEN",
