@@ -320,6 +320,67 @@ impl ControlPlane {
             .await
     }
 
+    /// Writes a kubeconfig that authenticates as a ServiceAccount with a real
+    /// token from the TokenRequest API (the ServiceAccount must exist), the
+    /// way a Pod of that ServiceAccount would.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf, Error> {
+        use k8s_openapi::api::{
+            authentication::v1::{TokenRequest, TokenRequestSpec},
+            core::v1::ServiceAccount,
+        };
+        let api: kube::Api<ServiceAccount> =
+            kube::Api::namespaced(self.admin_client().await?, namespace);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = api
+            .create_token_request(name, &Default::default(), &request)
+            .await?
+            .status
+            .and_then(|s| s.token)
+            .ok_or_else(|| Error::NotReady {
+                component: "kube-apiserver",
+                reason: format!("TokenRequest for {namespace}/{name} returned no token"),
+                log: self.log_tail("kube-apiserver", 20),
+            })?;
+        let ca = std::fs::read_to_string(self.dir.join("ca.crt")).map_err(io("reading ca.crt"))?;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let yaml = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: kiln-testenv
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {name}
+  user:
+    token: {token}
+contexts:
+- name: kiln-testenv
+  context:
+    cluster: kiln-testenv
+    user: {name}
+    namespace: {namespace}
+current-context: kiln-testenv
+",
+            server = self.server,
+            ca = b64(&ca),
+        );
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, yaml).map_err(io("writing a ServiceAccount kubeconfig"))?;
+        Ok(path)
+    }
+
     /// Stops every process, newest first.
     pub async fn stop(mut self) {
         self.stop_all().await;

@@ -1,0 +1,349 @@
+//! Installing kiln as users do: the Helm chart rendered by real helm and
+//! server-side applied to a real apiserver, the controller then running with
+//! the chart's ServiceAccount token through an AWS build, and the kustomize
+//! base in config/ matching the chart.
+
+mod support;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kiln::api::ImageBuild;
+use kube::{
+    Api, Client,
+    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use support::*;
+
+const RELEASE_NS: &str = "kiln-system";
+const BUILD_NS: &str = "images";
+const OTHER_NS: &str = "elsewhere";
+const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm(args: &[&str]) -> String {
+    let helm = kiln::testenv::which("helm").expect(
+        "helm is not on PATH: run `make setup` (it builds helm into ~/.cache/kiln/tools/bin)",
+    );
+    let out = Command::new(helm)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn render(values: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        "kiln",
+        "charts/kiln",
+        "--namespace",
+        RELEASE_NS,
+        "--include-crds",
+    ];
+    for v in values {
+        args.extend(["--set", v]);
+    }
+    documents(&helm(&args))
+}
+
+/// Server-side applies every object, as `kubectl apply --server-side` would.
+async fn apply(client: &Client, objects: &[Value]) {
+    let params = PatchParams::apply("helm-template").force();
+    for object in objects {
+        let api_version = object["apiVersion"].as_str().expect("apiVersion");
+        let kind = object["kind"].as_str().expect("kind");
+        let name = object["metadata"]["name"].as_str().expect("name");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{api_version} {kind}: {e}"));
+        let api: Api<DynamicObject> = match caps.scope {
+            kube::discovery::Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or(RELEASE_NS),
+                &resource,
+            ),
+            kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(name, &params, &Patch::Apply(object))
+            .await
+            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+    }
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[test]
+fn chart_lints_clean_and_renders_its_options() {
+    let lint = helm(&["lint", "charts/kiln", "--strict"]);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    let all = render(&[
+        "metrics.serviceMonitor.enabled=true",
+        "networkPolicy.enabled=true",
+        "podDisruptionBudget.enabled=true",
+        "rbac.buildNamespaces={a,b}",
+    ]);
+    let names = kinds(&all);
+    for want in [
+        "ServiceMonitor/kiln",
+        "NetworkPolicy/kiln",
+        "PodDisruptionBudget/kiln",
+        "CustomResourceDefinition/imagebuilds.kiln.dev",
+        "CustomResourceDefinition/imagepolicies.kiln.dev",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let bindings: Vec<&str> = all
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["name"] == "kiln-builds")
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(bindings, ["a", "b"]);
+
+    // The Deployment is hardened.
+    let deployment = all
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert!(container["resources"]["requests"].is_object());
+    assert!(container["resources"]["limits"].is_object());
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // values.schema.json refuses what would not work, naming the value.
+    let helm_path = kiln::testenv::which("helm").expect("helm");
+    for (bad, named) in [
+        (
+            "controller.defaultExecutor=vm",
+            "/controller/defaultExecutor",
+        ),
+        (
+            "rbac.buildNamespaces={Not_A_Namespace}",
+            "/rbac/buildNamespaces/0",
+        ),
+        (
+            "replicaCount=2,leaderElection.enabled=false",
+            "leaderElection.enabled",
+        ),
+        ("metricsPort=80", "/metricsPort"),
+    ] {
+        let out = Command::new(&helm_path)
+            .args(["template", "kiln", "charts/kiln", "--set", bad])
+            .current_dir(root())
+            .output()
+            .expect("helm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(stderr.contains(named), "{bad}: {stderr}");
+    }
+}
+
+/// config/base is the chart's default rendering, object for object.
+#[test]
+fn kustomize_base_matches_the_chart() {
+    let chart: Vec<Value> = render(&[])
+        .into_iter()
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
+        .collect();
+    let base = root().join("config/base");
+    let kustomization: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(base.join("kustomization.yaml")).expect("kustomization"),
+    )
+    .expect("kustomization YAML");
+    let mut files = Vec::new();
+    for file in kustomization["resources"].as_array().expect("resources") {
+        let file = file.as_str().expect("file name");
+        files.extend(documents(
+            &std::fs::read_to_string(base.join(file)).expect("resource file"),
+        ));
+    }
+    let namespace = files
+        .iter()
+        .position(|o| o["kind"] == "Namespace")
+        .expect("config/base creates the namespace");
+    files.remove(namespace);
+    let key = |o: &Value| {
+        format!(
+            "{}/{}/{}",
+            o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]
+        )
+    };
+    let mut chart = chart;
+    chart.sort_by_key(key);
+    files.sort_by_key(key);
+    assert!(
+        chart == files,
+        "config/base differs from the chart's default rendering; run `make manifests` and commit the result"
+    );
+    // And kustomize's default overlay brings the same CRDs as the chart.
+    let default = std::fs::read_to_string(root().join("config/default/kustomization.yaml"))
+        .expect("config/default");
+    assert!(default.contains("../../crds") && default.contains("../base"));
+}
+
+#[tokio::test]
+async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secrets() {
+    let env = Env::start(false).await;
+    env.namespace(RELEASE_NS).await;
+    env.build_namespace(BUILD_NS).await;
+    env.build_namespace(OTHER_NS).await;
+    let objects = render(&[
+        "rbac.buildNamespaces={images}",
+        "networkPolicy.enabled=true",
+        "podDisruptionBudget.enabled=true",
+    ]);
+    apply(&env.client, &objects).await;
+
+    // The controller as the chart's ServiceAccount, with a real token.
+    let kubeconfig = env
+        .plane
+        .service_account_kubeconfig(RELEASE_NS, "kiln")
+        .await
+        .expect("ServiceAccount kubeconfig");
+    let controller = env
+        .controller_with(
+            "sa",
+            &kubeconfig,
+            &[
+                "--default-executor",
+                "process",
+                "--leader-elect",
+                "--leader-election-namespace",
+                RELEASE_NS,
+            ],
+            &[("POD_NAME", "kiln-0")],
+        )
+        .await;
+
+    // The AWS build goes Ready with tagged AMIs: the RBAC is sufficient.
+    let builds: Api<ImageBuild> = Api::namespaced(env.client.clone(), BUILD_NS);
+    builds
+        .create(
+            &PostParams::default(),
+            &image_build(
+                "app",
+                env.moto.endpoint(),
+                &["us-east-1", "eu-west-1"],
+                json!({"flavor": "chart"}),
+            ),
+        )
+        .await
+        .expect("create");
+    let ib = wait_for(&builds, "app", BUILD_TIMEOUT, &controller.log, is_ready).await;
+    let latest = ib.status.and_then(|s| s.latest_image).expect("latestImage");
+    assert_eq!(latest.artifacts.len(), 2);
+    let aws = env.ec2();
+    for a in &latest.artifacts {
+        let images = amis(&aws, &a.region).await;
+        let image = images
+            .iter()
+            .find(|i| i.image_id() == Some(a.image_id.as_str()))
+            .unwrap_or_else(|| panic!("{} missing in {}", a.image_id, a.region));
+        assert_eq!(tag(image, kiln::provider::tags::MANAGED_BY), Some("kiln"));
+    }
+    let log = controller.log_text();
+    assert!(
+        !log.contains("forbidden"),
+        "the chart's RBAC refused something the controller does:\n{log}"
+    );
+
+    // The same identity may not read Secrets outside rbac.buildNamespaces.
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    let as_kiln = Client::try_from(config).expect("client");
+    let other: Api<Secret> = Api::namespaced(as_kiln.clone(), OTHER_NS);
+    match other.get("aws").await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("reading a Secret in {OTHER_NS} was not denied: {other:?}"),
+    }
+    let all: Api<Secret> = Api::all(as_kiln);
+    assert!(
+        matches!(all.list(&Default::default()).await, Err(kube::Error::Api(s)) if s.code == 403),
+        "listing Secrets cluster-wide was not denied"
+    );
+
+    // An ImageBuild there waits with a message that names the fix.
+    let elsewhere: Api<ImageBuild> = Api::namespaced(env.client.clone(), OTHER_NS);
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &image_build("app", env.moto.endpoint(), &["us-east-1"], json!({})),
+        )
+        .await
+        .expect("create elsewhere");
+    let ib = wait_for(
+        &elsewhere,
+        "app",
+        Duration::from_secs(60),
+        &controller.log,
+        |ib| condition(ib, "Reconciling").is_some_and(|c| c.reason == "AccessDenied"),
+    )
+    .await;
+    let message = condition(&ib, "Reconciling")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    println!("AccessDenied: {message}");
+    assert!(
+        message.contains("rbac.buildNamespaces") && message.contains(OTHER_NS),
+        "{message}"
+    );
+    controller.stop().await;
+}
