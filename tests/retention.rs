@@ -407,6 +407,14 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
         .await
         .expect("policy");
     let p = wait_policy(&policies, "nothing", "NoBuildsSelected", &controller.log).await;
+    // kstatus: the user must act, so Stalled (what Flux's health checks read).
+    let conditions = p.status.clone().map(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == "NoBuildsSelected"),
+        "{conditions:?}"
+    );
     let message = p
         .status
         .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))

@@ -310,7 +310,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
             "False",
             "NoBuildsSelected",
             &message,
-            false,
+            Settled::Stalled,
             generation,
             now,
         );
@@ -445,7 +445,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
             "False",
             "BuildsNotEvaluated",
             &problems.join("; "),
-            false,
+            Settled::Retrying,
             generation,
             now,
         );
@@ -466,7 +466,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
             "False",
             "PruneFailed",
             &message,
-            false,
+            Settled::Retrying,
             generation,
             now,
         );
@@ -476,7 +476,15 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
             "dry run: would deprecate or delete {} image(s), keeps {}; see status.plan",
             summary.planned, summary.retained
         );
-        set(&mut new, "True", "DryRun", &message, false, generation, now);
+        set(
+            &mut new,
+            "True",
+            "DryRun",
+            &message,
+            Settled::Done,
+            generation,
+            now,
+        );
     } else {
         let message = format!(
             "retained {}, deprecated {}, deleted {deleted_now} in this evaluation ({} in all)",
@@ -487,7 +495,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
             "True",
             "Evaluated",
             &message,
-            false,
+            Settled::Done,
             generation,
             now,
         );
@@ -497,25 +505,47 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(requeue))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How an evaluation ended, in kstatus terms.
+#[derive(Clone, Copy)]
+enum Settled {
+    /// Ready as given; nothing pending.
+    Done,
+    /// Retried on its own soon: Reconciling stays True.
+    Retrying,
+    /// The user must change something: Stalled True.
+    Stalled,
+}
+
 fn set(
     s: &mut ImagePolicyStatus,
     status: &str,
     reason: &str,
     message: &str,
-    stalled: bool,
+    how: Settled,
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    conditions::settle(
-        &mut s.conditions,
-        status,
-        reason,
-        message,
-        stalled,
-        generation,
-        Time(now),
-    );
+    let now = Time(now);
+    match how {
+        Settled::Retrying => conditions::progress(
+            &mut s.conditions,
+            status,
+            reason,
+            reason,
+            message,
+            generation,
+            now,
+        ),
+        Settled::Done | Settled::Stalled => conditions::settle(
+            &mut s.conditions,
+            status,
+            reason,
+            message,
+            matches!(how, Settled::Stalled),
+            generation,
+            now,
+        ),
+    }
 }
 
 /// Publishes an Event about one image. The image is the Event's related
