@@ -42,6 +42,7 @@ demo: setup ## Run kiln locally: control plane, moto as EC2, the controller, sam
 
 test: setup lint ## Install what is needed, then run every test on a real control plane.
 	cd hack/argocd-health && go test ./...
+	cd hack/kstatus && go test ./...
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	export PATH="$(KILN_CACHE_DIR)/tools/bin:$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) test --lib --bins --tests --no-fail-fast
