@@ -6,13 +6,13 @@
 # HashiCorp's official image; the result is distroless/static, non-root
 # (65532), with nothing but the two binaries and CA certificates.
 #
-# Packer: 1.14.2, see PACKER_VERSION. Releases since 1.10 bundle no plugins;
+# Packer: 1.16.0, see PACKER_VERSION. Releases since 1.10 bundle no plugins;
 # `kiln runner` runs `packer init` for templates that declare
 # required_plugins, downloading them into $HOME (/tmp in build Jobs, an
 # emptyDir, since the root filesystem is read-only).
 
 ARG RUST_VERSION=1.95
-ARG PACKER_VERSION=1.14.2
+ARG PACKER_VERSION=1.16.0
 
 FROM rust:${RUST_VERSION}-alpine AS build
 # A C toolchain for ring and aws-lc-sys.
