@@ -135,11 +135,16 @@ impl ControlPlane {
         let etcd_peer = free_port()?;
         let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let admin_kubeconfig = kubeconfig_yaml(
             &server,
             &pki.ca_pem,
-            &pki.admin_cert_pem,
-            &pki.admin_key_pem,
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&pki.admin_cert_pem),
+                b64(&pki.admin_key_pem)
+            ),
+            "default",
         );
         std::fs::write(dir.join("admin.kubeconfig"), &admin_kubeconfig)
             .map_err(io("writing admin.kubeconfig"))?;
@@ -352,30 +357,7 @@ impl ControlPlane {
                 log: self.log_tail("kube-apiserver", 20),
             })?;
         let ca = std::fs::read_to_string(self.dir.join("ca.crt")).map_err(io("reading ca.crt"))?;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let yaml = format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: kiln-testenv
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {name}
-  user:
-    token: {token}
-contexts:
-- name: kiln-testenv
-  context:
-    cluster: kiln-testenv
-    user: {name}
-    namespace: {namespace}
-current-context: kiln-testenv
-",
-            server = self.server,
-            ca = b64(&ca),
-        );
+        let yaml = kubeconfig_yaml(&self.server, &ca, &format!("token: {token}"), namespace);
         let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
         std::fs::write(&path, yaml).map_err(io("writing a ServiceAccount kubeconfig"))?;
         Ok(path)
@@ -519,8 +501,10 @@ impl Pki {
     }
 }
 
-fn kubeconfig_yaml(server: &str, ca: &str, cert: &str, key: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+/// A kubeconfig for `server`, trusting `ca`, authenticating with `credentials`
+/// (the YAML lines of a kubeconfig `user`).
+fn kubeconfig_yaml(server: &str, ca: &str, credentials: &str, namespace: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
     format!(
         "apiVersion: v1
 kind: Config
@@ -530,21 +514,17 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: admin
+- name: kiln-testenv
   user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
+    {credentials}
 contexts:
 - name: kiln-testenv
   context:
     cluster: kiln-testenv
-    user: admin
-    namespace: default
+    user: kiln-testenv
+    namespace: {namespace}
 current-context: kiln-testenv
-",
-        ca = b64(ca),
-        cert = b64(cert),
-        key = b64(key),
+"
     )
 }
 

@@ -242,11 +242,7 @@ async fn a_process_build_orphaned_by_a_restart_is_failed_and_retried() {
         "slow",
         Duration::from_secs(30),
         &controller.log,
-        |ib| {
-            ib.status
-                .as_ref()
-                .is_some_and(|s| s.current_build.is_some())
-        },
+        is_building,
     )
     .await;
     let first = ib

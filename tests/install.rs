@@ -295,6 +295,48 @@ async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secret
             .unwrap_or_else(|| panic!("{} missing in {}", a.image_id, a.region));
         assert_eq!(tag(image, kiln::provider::tags::MANAGED_BY), Some("kiln"));
     }
+    // The Job executor: the build Job is created in the build namespace (no
+    // kubelet runs it here; tests/job_executor.rs plays the kubelet).
+    let mut jobbed = serde_json::to_value(image_build(
+        "jobbed",
+        env.moto.endpoint(),
+        &["us-east-1"],
+        json!({}),
+    ))
+    .expect("to JSON");
+    jobbed["spec"]["executor"] = json!({"type": "job"});
+    builds
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(jobbed).expect("ImageBuild"),
+        )
+        .await
+        .expect("create jobbed");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), BUILD_NS);
+    let selector = kube::api::ListParams::default().labels("kiln.dev/image-build=jobbed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while jobs
+        .list(&selector)
+        .await
+        .map(|l| l.items.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no build Job was created:\n{}",
+            controller.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for(
+        &builds,
+        "jobbed",
+        Duration::from_secs(30),
+        &controller.log,
+        is_building,
+    )
+    .await;
+
     let log = controller.log_text();
     assert!(
         !log.contains("forbidden"),

@@ -130,7 +130,9 @@ where
     futures::join!(lead, lost);
     metrics.leader.set(0);
 
-    let ended = if *leading.borrow() {
+    // Anything but a requested shutdown ended the term: the lease was lost or
+    // the task renewing it is gone.
+    let ended = if shutdown.is_cancelled() {
         Ended::Stopped
     } else {
         Ended::LostLease

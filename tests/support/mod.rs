@@ -324,6 +324,13 @@ pub fn is_ready(ib: &ImageBuild) -> bool {
         && ib.status.as_ref().and_then(|s| s.observed_generation) == ib.metadata.generation
 }
 
+/// A build is under way (currentBuild set).
+pub fn is_building(ib: &ImageBuild) -> bool {
+    ib.status
+        .as_ref()
+        .is_some_and(|s| s.current_build.is_some())
+}
+
 pub fn is_stalled(ib: &ImageBuild) -> bool {
     condition(ib, "Stalled").is_some_and(|c| c.status == "True")
 }
