@@ -63,11 +63,7 @@ async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
     );
     let aws = env.ec2();
     for a in &latest.artifacts {
-        let images = amis(&aws, &a.region).await;
-        let image = images
-            .iter()
-            .find(|i| i.image_id() == Some(a.image_id.as_str()))
-            .unwrap_or_else(|| panic!("{} missing in {}", a.image_id, a.region));
+        let image = &ami(&aws, &a.region, &a.image_id).await;
         assert_eq!(tag(image, tags::MANAGED_BY), Some("kiln"));
         assert_eq!(tag(image, tags::NAMESPACE), Some(NS));
         assert_eq!(tag(image, tags::IMAGE_BUILD), Some("app"));

@@ -288,12 +288,8 @@ async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secret
     assert_eq!(latest.artifacts.len(), 2);
     let aws = env.ec2();
     for a in &latest.artifacts {
-        let images = amis(&aws, &a.region).await;
-        let image = images
-            .iter()
-            .find(|i| i.image_id() == Some(a.image_id.as_str()))
-            .unwrap_or_else(|| panic!("{} missing in {}", a.image_id, a.region));
-        assert_eq!(tag(image, kiln::provider::tags::MANAGED_BY), Some("kiln"));
+        let image = ami(&aws, &a.region, &a.image_id).await;
+        assert_eq!(tag(&image, kiln::provider::tags::MANAGED_BY), Some("kiln"));
     }
     // The Job executor: the build Job is created in the build namespace (no
     // kubelet runs it here; tests/job_executor.rs plays the kubelet).

@@ -273,12 +273,11 @@ async fn job_executor_runs_the_runner_in_a_locked_down_job_and_reads_its_result(
     .await;
     let latest = ib.status.and_then(|s| s.latest_image).expect("latestImage");
     assert_eq!(latest.artifacts[0].image_id, ami);
-    let images = amis(&env.ec2(), "us-east-1").await;
-    let tagged = images
-        .iter()
-        .find(|i| i.image_id() == Some(ami.as_str()))
-        .expect("AMI");
-    assert_eq!(tag(tagged, tags::BUILD_ID), Some(current.build_id.as_str()));
+    let tagged = support::ami(&env.ec2(), "us-east-1", &ami).await;
+    assert_eq!(
+        tag(&tagged, tags::BUILD_ID),
+        Some(current.build_id.as_str())
+    );
     let metrics = controller.metrics_text().await;
     assert!(
         metrics.contains("kiln_builds_succeeded_total{executor=\"job\"} 1"),

@@ -374,6 +374,19 @@ pub async fn amis(aws: &kiln::provider::aws::Aws, region: &str) -> Vec<aws_sdk_e
     out.images().to_vec()
 }
 
+/// The AMI `id` in `region`, or a panic saying it is missing.
+pub async fn ami(
+    aws: &kiln::provider::aws::Aws,
+    region: &str,
+    id: &str,
+) -> aws_sdk_ec2::types::Image {
+    amis(aws, region)
+        .await
+        .into_iter()
+        .find(|i| i.image_id() == Some(id))
+        .unwrap_or_else(|| panic!("{id} missing in {region}"))
+}
+
 pub fn tag<'a>(image: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a str> {
     image
         .tags()
