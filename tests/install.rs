@@ -111,7 +111,12 @@ fn kinds(objects: &[Value]) -> Vec<String> {
 #[test]
 fn chart_lints_clean_and_renders_its_options() {
     let lint = helm(&["lint", "charts/kiln", "--strict"]);
-    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    assert!(
+        lint.contains("0 chart(s) failed")
+            && !lint.contains("[WARNING]")
+            && !lint.contains("[INFO]"),
+        "helm lint is not clean:\n{lint}"
+    );
     let all = render(&[
         "metrics.serviceMonitor.enabled=true",
         "networkPolicy.enabled=true",
