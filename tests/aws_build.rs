@@ -343,3 +343,60 @@ async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn a_schedule_rebuilds_without_any_change() {
+    let env = Env::start(false).await;
+    env.build_namespace(NS).await;
+    let controller = env
+        .controller("schedule", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let mut ib = image_build(
+        "nightly",
+        env.moto.endpoint(),
+        &["us-east-1"],
+        json!({"flavor": "nightly"}),
+    );
+    // Every minute, so the test sees a scheduled time pass.
+    ib.spec.schedule = Some("* * * * *".into());
+    api.create(&PostParams::default(), &ib)
+        .await
+        .expect("create");
+    let first = wait_for(&api, "nightly", BUILD_TIMEOUT, &controller.log, is_ready).await;
+    let first = first
+        .status
+        .and_then(|s| s.latest_image)
+        .expect("latestImage");
+
+    // No edit, no annotation: the next minute brings a new image.
+    let rebuilt = wait_for(&api, "nightly", BUILD_TIMEOUT, &controller.log, |ib| {
+        is_ready(ib)
+            && ib
+                .status
+                .as_ref()
+                .and_then(|s| s.latest_image.as_ref())
+                .is_some_and(|l| l.build_key != first.build_key)
+    })
+    .await;
+    let status = rebuilt.status.expect("status");
+    let latest = status.latest_image.expect("latestImage");
+    assert_eq!(latest.spec_hash, first.spec_hash, "same inputs");
+    assert_ne!(latest.artifacts[0].image_id, first.artifacts[0].image_id);
+    assert!(status.history.len() >= 2);
+    assert_eq!(
+        rebuilt.metadata.generation,
+        Some(1),
+        "the object was not edited"
+    );
+    // The controller says why it built (the Events API folds repeated
+    // BuildStarted Events into one series, keeping the first note).
+    let log = controller.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("build started")
+            && l.contains("scheduled_for")
+            && l.contains("Some(")),
+        "{log}"
+    );
+    controller.stop().await;
+}

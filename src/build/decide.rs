@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::identity::{build_id, build_key};
+use super::{
+    identity::{build_id, build_key},
+    schedule::Schedule,
+};
 use crate::{
     api::{ImageBuildSpec, ImageBuildStatus},
     packer::runner::RunnerResult,
@@ -86,6 +89,9 @@ pub struct Start {
     pub spec_hash: String,
     /// The rebuild request this build answers, to mark handled.
     pub handles_request: Option<String>,
+    /// The `spec.schedule` time this build answers, when the schedule
+    /// (rather than a change) started it.
+    pub scheduled_for: Option<Timestamp>,
 }
 
 /// The decision.
@@ -183,19 +189,47 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         }
     };
 
+    let schedule = match o.spec.schedule.as_deref().map(Schedule::parse) {
+        Some(Err(e)) => {
+            return Decision::Stalled {
+                reason: "InvalidSchedule",
+                message: format!(
+                    "spec.schedule: {e}; use five cron fields (e.g. '0 3 * * 1') or a macro such as @weekly"
+                ),
+            };
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
+
     let pending_request = o
         .requested_at
         .filter(|r| !r.is_empty() && Some(*r) != o.status.last_handled_reconcile_at.as_deref());
     let trigger = pending_request
         .or(o.status.last_handled_reconcile_at.as_deref())
         .unwrap_or_default();
-    let key = build_key(o.uid, &spec_hash, trigger);
+    // A schedule time that passed since the latest image was built makes a
+    // new build (with its own key, so a restart finds the same one).
+    let latest = o.status.latest_image.as_ref();
+    let scheduled_key =
+        |slot: Timestamp| build_key(o.uid, &spec_hash, &format!("{trigger}@{slot}"));
+    let due = schedule.as_ref().and_then(|s| {
+        let slot = s.prev(o.now)?;
+        latest.filter(|l| l.built_at.0 < slot).map(|_| slot)
+    });
+    let key = due.map_or_else(|| build_key(o.uid, &spec_hash, trigger), scheduled_key);
 
-    if o.status
-        .latest_image
-        .as_ref()
-        .is_some_and(|l| l.build_key == key)
-    {
+    let up_to_date = latest.is_some_and(|l| {
+        l.build_key == key
+            // The latest image is itself the answer to the schedule time
+            // before it was built.
+            || (due.is_none()
+                && schedule
+                    .as_ref()
+                    .and_then(|s| s.prev(l.built_at.0))
+                    .is_some_and(|slot| l.build_key == scheduled_key(slot)))
+    });
+    if up_to_date {
         return Decision::UpToDate;
     }
     if o.spec.suspend {
@@ -238,7 +272,19 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         attempt,
         spec_hash,
         handles_request: pending_request.map(str::to_owned),
+        scheduled_for: due,
     })
+}
+
+/// When to look at an up-to-date ImageBuild again: at the resync interval, or
+/// just after its next schedule time when that comes first.
+pub fn recheck_after(spec: &ImageBuildSpec, now: Timestamp, resync: Duration) -> Duration {
+    spec.schedule
+        .as_deref()
+        .and_then(|s| Schedule::parse(s).ok())
+        .and_then(|s| s.next(now))
+        .map(|next| next.duration_since(now).unsigned_abs() + Duration::from_secs(1))
+        .map_or(resync, |d| d.min(resync))
 }
 
 /// Wait before attempt `failed + 1`: backoff doubled per further failure,
@@ -334,6 +380,76 @@ latestImage:
         assert_eq!(start.attempt, 1);
         assert_eq!(start.build_id, format!("{}-1", key("")));
         assert_eq!(start.handles_request, None);
+    }
+
+    #[test]
+    fn a_schedule_time_after_the_latest_image_rebuilds_once() {
+        // Daily at 03:00; the latest image was built 2026-11-22 10:05.
+        let mut s = base_spec();
+        s.schedule = Some("0 3 * * *".into());
+        let st = built(&key(""));
+        // Before the next 03:00: up to date, and looked at again just after it.
+        assert_eq!(
+            decide(&observe(&s, &st, "2026-11-22T23:00:00Z")),
+            Decision::UpToDate
+        );
+        assert_eq!(
+            recheck_after(&s, at("2026-11-22T23:00:00Z"), Duration::from_secs(36000)),
+            Duration::from_secs(4 * 3600 + 1)
+        );
+        // After it: a build for that time, with a key of its own.
+        let Decision::Start(start) = decide(&observe(&s, &st, "2026-11-23T03:00:30Z")) else {
+            panic!("expected a scheduled Start")
+        };
+        let slot = at("2026-11-23T03:00:00Z");
+        assert_eq!(start.scheduled_for, Some(slot));
+        assert_eq!(start.build_key, build_key(UID, HASH, &format!("@{slot}")));
+        // A restart decides the same build.
+        let again = decide(&observe(&s, &st, "2026-11-23T03:20:00Z"));
+        assert!(matches!(again, Decision::Start(s) if s.build_key == start.build_key));
+        // Once it is the latest image, nothing more until the next time.
+        let mut done = built(&start.build_key);
+        if let Some(l) = done.latest_image.as_mut() {
+            l.built_at =
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-23T03:25:00Z"));
+        }
+        assert_eq!(
+            decide(&observe(&s, &done, "2026-11-23T12:00:00Z")),
+            Decision::UpToDate
+        );
+        assert!(matches!(
+            decide(&observe(&s, &done, "2026-11-24T03:00:10Z")),
+            Decision::Start(s) if s.scheduled_for == Some(at("2026-11-24T03:00:00Z"))
+        ));
+        // Suspended: due, but nothing starts.
+        s.suspend = true;
+        assert_eq!(
+            decide(&observe(&s, &done, "2026-11-24T03:00:10Z")),
+            Decision::Suspended
+        );
+    }
+
+    #[test]
+    fn the_first_build_is_not_a_scheduled_one_and_bad_schedules_stall() {
+        let mut s = base_spec();
+        s.schedule = Some("@weekly".into());
+        let st = ImageBuildStatus::default();
+        let Decision::Start(start) = decide(&observe(&s, &st, "2026-11-22T10:00:00Z")) else {
+            panic!("expected Start")
+        };
+        assert_eq!(start.scheduled_for, None);
+        assert_eq!(start.build_key, key(""));
+        s.schedule = Some("0 25 * * *".into());
+        let Decision::Stalled { reason, message } =
+            decide(&observe(&s, &st, "2026-11-22T10:00:00Z"))
+        else {
+            panic!("expected Stalled")
+        };
+        assert_eq!(reason, "InvalidSchedule");
+        assert!(
+            message.contains("spec.schedule: hour: 25 is outside 0-23"),
+            "{message}"
+        );
     }
 
     #[test]

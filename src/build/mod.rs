@@ -4,4 +4,5 @@
 pub mod conditions;
 pub mod decide;
 pub mod identity;
+pub mod schedule;
 pub mod status;

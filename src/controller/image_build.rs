@@ -133,7 +133,7 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
                         .as_ref()
                         .and_then(|p| launch.request.variables.get(&p.variable).cloned());
                     let handle = start_build(ctx, ib, executor, &start, &launch).await?;
-                    info!(build_id = %start.build_id, attempt = start.attempt, ?executor, %handle, "build started");
+                    info!(build_id = %start.build_id, attempt = start.attempt, ?executor, %handle, scheduled_for = ?start.scheduled_for, "build started");
                     ctx.metrics
                         .builds_started
                         .get_or_create(&BuildLabels {
@@ -146,8 +146,13 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
                         EventType::Normal,
                         "BuildStarted",
                         format!(
-                            "started build {} (attempt {}) as {handle}",
-                            start.build_id, start.attempt
+                            "started build {} (attempt {}) as {handle}{}",
+                            start.build_id,
+                            start.attempt,
+                            start
+                                .scheduled_for
+                                .map(|at| format!(", scheduled by spec.schedule for {at}"))
+                                .unwrap_or_default()
                         ),
                     )
                     .await;
@@ -245,7 +250,7 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
         Decision::Suspended => (status::suspended(&old, generation), Action::await_change()),
         Decision::UpToDate => (
             status::up_to_date(&old, generation, now),
-            Action::requeue(ctx.config.resync),
+            Action::requeue(decide::recheck_after(&ib.spec, now, ctx.config.resync)),
         ),
     };
 
