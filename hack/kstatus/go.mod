@@ -5,7 +5,6 @@ go 1.26.0
 require (
 	github.com/fluxcd/cli-utils v1.3.0
 	k8s.io/apimachinery v0.37.0
-	sigs.k8s.io/cli-utils v0.37.2
 	sigs.k8s.io/yaml v1.6.0
 )
 

@@ -2,24 +2,20 @@
 // intended, by running the kstatus library itself over the objects in
 // config/argocd/testdata and comparing with expected.yaml.
 //
-// Flux's kustomize-controller (wait: true, healthChecks) asks kstatus's
-// status.Compute whether each object is Current, InProgress or Failed. Flux
-// vendors a fork, github.com/fluxcd/cli-utils; the upstream library is
-// sigs.k8s.io/cli-utils. Both are run: their pkg/kstatus/status is the same
-// code, and the test fails if they ever disagree.
+// Flux's kustomize-controller (wait: true, healthChecks) asks status.Compute
+// of its kstatus fork, github.com/fluxcd/cli-utils, whether each object is
+// Current, InProgress or Failed; this test runs that same package.
 package kstatus
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 
-	fluxstatus "github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/yaml"
 )
 
@@ -40,16 +36,6 @@ type expectation struct {
 	Message string `json:"message,omitempty"`
 }
 
-// Every status kstatus can return.
-var validStatuses = map[string]bool{
-	string(status.InProgressStatus):  true,
-	string(status.FailedStatus):      true,
-	string(status.CurrentStatus):     true,
-	string(status.TerminatingStatus): true,
-	string(status.NotFoundStatus):    true,
-	string(status.UnknownStatus):     true,
-}
-
 func loadExpectations(t *testing.T) map[string]expectation {
 	t.Helper()
 	b, err := os.ReadFile("expected.yaml")
@@ -62,11 +48,6 @@ func loadExpectations(t *testing.T) map[string]expectation {
 	}
 	if len(exp) == 0 {
 		t.Fatal("expected.yaml has no entries")
-	}
-	for name, e := range exp {
-		if !validStatuses[e.Status] {
-			t.Errorf("expected.yaml: %s: %q is not a kstatus status", name, e.Status)
-		}
 	}
 	return exp
 }
@@ -122,10 +103,6 @@ func loadObject(t *testing.T, name string) *unstructured.Unstructured {
 	return u
 }
 
-type computed struct {
-	status, message string
-}
-
 func TestKstatus(t *testing.T) {
 	exp := loadExpectations(t)
 	names := fixtures(t)
@@ -148,60 +125,25 @@ func TestKstatus(t *testing.T) {
 		t.Errorf("expected.yaml: %s: no such fixture under %s", name, testdata)
 	}
 
-	results := map[string]computed{}
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
-			u := loadObject(t, name)
-
-			res, err := status.Compute(u.DeepCopy())
+			res, err := status.Compute(loadObject(t, name))
 			if err != nil {
-				t.Fatalf("sigs.k8s.io/cli-utils status.Compute: %v", err)
+				t.Fatalf("status.Compute: %v", err)
 			}
-			fres, err := fluxstatus.Compute(u.DeepCopy())
-			if err != nil {
-				t.Fatalf("github.com/fluxcd/cli-utils status.Compute: %v", err)
-			}
-			got := computed{string(res.Status), res.Message}
-			results[name] = got
-			t.Logf("computed %s: %q", got.status, got.message)
-
-			if fgot := (computed{string(fres.Status), fres.Message}); fgot != got {
-				t.Errorf("Flux's fork disagrees with upstream: fork %s %q, upstream %s %q",
-					fgot.status, fgot.message, got.status, got.message)
-			}
+			got := string(res.Status)
+			t.Logf("computed %s: %q", got, res.Message)
 
 			want, ok := exp[name]
 			if !ok {
 				return // reported above
 			}
-			if got.status != want.Status {
-				t.Errorf("status %s, expected.yaml says %s (message %q)", got.status, want.Status, got.message)
+			if got != want.Status {
+				t.Errorf("status %s, expected.yaml says %s (message %q)", got, want.Status, res.Message)
 			}
-			if want.Message != "" && got.message != want.Message {
-				t.Errorf("message %q, expected.yaml says %q", got.message, want.Message)
+			if want.Message != "" && res.Message != want.Message {
+				t.Errorf("message %q, expected.yaml says %q", res.Message, want.Message)
 			}
 		})
 	}
-
-	// A table of all results, for the -v output.
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "\n%-45s %-11s %s\n", "FIXTURE", "STATUS", "MESSAGE")
-	for _, name := range names {
-		r, ok := results[name]
-		if !ok {
-			fmt.Fprintf(&sb, "%-45s %-11s\n", name, "(error)")
-			continue
-		}
-		fmt.Fprintf(&sb, "%-45s %-11s %s\n", name, r.status, oneLine(r.message, 110))
-	}
-	t.Log(sb.String())
-}
-
-// oneLine folds a message onto one line and shortens it for the table.
-func oneLine(s string, max int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if r := []rune(s); len(r) > max {
-		return string(r[:max-1]) + "…"
-	}
-	return s
 }

@@ -579,6 +579,15 @@ pub struct ImageBuildStatus {
     pub last_handled_reconcile_at: Option<String>,
 }
 
+impl ImageBuildStatus {
+    /// The image IDs of the latest image, one per region.
+    pub fn latest_image_ids(&self) -> impl Iterator<Item = &str> {
+        self.latest_image
+            .iter()
+            .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.as_str()))
+    }
+}
+
 /// Failed attempts at one build, which decide the next retry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

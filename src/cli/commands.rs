@@ -221,11 +221,10 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
             .cmp(&a.created_at)
             .then_with(|| a.region.cmp(&b.region))
     });
-    let latest: Vec<String> = ib
+    let latest: Vec<&str> = ib
         .status
         .iter()
-        .flat_map(|s| s.latest_image.iter())
-        .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.clone()))
+        .flat_map(|s| s.latest_image_ids())
         .collect();
     let now = Timestamp::now();
     let rows: Vec<Vec<String>> = images
@@ -237,7 +236,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
                 i.build_id().unwrap_or("").to_owned(),
                 i.created_at.strftime("%Y-%m-%d %H:%M").to_string(),
                 age(now, i.created_at),
-                if latest.contains(&i.image_id) {
+                if latest.contains(&i.image_id.as_str()) {
                     "yes".into()
                 } else {
                     String::new()
@@ -257,7 +256,8 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
 }
 
 fn age(now: Timestamp, then: Timestamp) -> String {
-    kiln::retention::plan::human(now.duration_since(then).try_into().unwrap_or_default())
+    use kiln::retention::plan;
+    plan::human(plan::age(now, then))
 }
 
 /// `kiln prune`: the plan an ImagePolicy would carry out, and with

@@ -9,7 +9,7 @@ use std::{
 
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -47,38 +47,15 @@ pub fn rules(spec: &ImagePolicySpec) -> Rules {
 }
 
 /// Whether a policy selects an ImageBuild (by name or label).
-pub fn selects(policy: &ImagePolicy, ib: &ImageBuild) -> bool {
-    let name = ib.name_any();
-    if policy.spec.builds.names.contains(&name) {
+pub fn selects(spec: &ImagePolicySpec, ib: &ImageBuild) -> bool {
+    if spec.builds.names.contains(&ib.name_any()) {
         return true;
     }
-    let Some(selector) = &policy.spec.builds.selector else {
-        return false;
-    };
-    match kube::core::Selector::try_from(selector.clone()) {
-        Ok(s) => kube::core::SelectorExt::matches(&s, ib.labels()),
-        Err(_) => false,
-    }
-}
-
-/// A label selector as the apiserver's query syntax.
-pub fn selector_string(s: &LabelSelector) -> String {
-    let mut parts: Vec<String> = s
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in s.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
+    spec.builds
+        .selector
+        .clone()
+        .and_then(|s| kube::core::Selector::try_from(s).ok())
+        .is_some_and(|s| kube::core::SelectorExt::matches(&s, ib.labels()))
 }
 
 /// Images of other ImageBuilds' current builds that came from these parents:
@@ -180,24 +157,18 @@ pub async fn plan_policy(
     let builds_api: Api<ImageBuild> = Api::namespaced(client.clone(), ns);
     // Every ImageBuild of the namespace: children protect their sources.
     let all = builds_api.list(&ListParams::default()).await?.items;
-    let mut selected: BTreeMap<String, ImageBuild> = BTreeMap::new();
-    let mut missing = Vec::new();
-    for name in &spec.builds.names {
-        match all.iter().find(|b| &b.name_any() == name) {
-            Some(b) => {
-                selected.insert(name.clone(), b.clone());
-            }
-            None => missing.push(name.clone()),
-        }
-    }
-    if let Some(selector) = &spec.builds.selector {
-        for b in builds_api
-            .list(&ListParams::default().labels(&selector_string(selector)))
-            .await?
-        {
-            selected.insert(b.name_any(), b);
-        }
-    }
+    let selected: BTreeMap<String, &ImageBuild> = all
+        .iter()
+        .filter(|b| selects(spec, b))
+        .map(|b| (b.name_any(), b))
+        .collect();
+    let missing: Vec<String> = spec
+        .builds
+        .names
+        .iter()
+        .filter(|n| !selected.contains_key(*n))
+        .cloned()
+        .collect();
     let rules = rules(spec);
     let in_use = in_use(&all);
     let mut plans = Vec::new();
@@ -228,8 +199,8 @@ pub async fn plan_policy(
         let latest: BTreeSet<String> = build
             .status
             .iter()
-            .flat_map(|s| s.latest_image.iter())
-            .flat_map(|l| l.artifacts.iter().map(|a| a.image_id.clone()))
+            .flat_map(|s| s.latest_image_ids())
+            .map(str::to_owned)
             .collect();
         let protection = Protection {
             latest,
@@ -414,25 +385,11 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     // has pruned, not only what its last evaluation found left to prune.
     let deleted_now = summary.deleted;
     summary.deleted += old.summary.as_ref().map_or(0, |s| s.deleted);
-    new.deleted.sort_by(|a, b| {
-        (&a.build, &a.region, &b.created_at, &a.image_id).cmp(&(
-            &b.build,
-            &b.region,
-            &a.created_at,
-            &b.image_id,
-        ))
-    });
+    new.deleted.sort_by(status_order);
     new.deleted.extend(old.deleted.iter().cloned());
     new.deleted.truncate(STATUS_LIST_LIMIT);
     for list in [&mut new.retained, &mut new.deprecated, &mut new.plan] {
-        list.sort_by(|a, b| {
-            (&a.build, &a.region, &b.created_at, &a.image_id).cmp(&(
-                &b.build,
-                &b.region,
-                &a.created_at,
-                &b.image_id,
-            ))
-        });
+        list.sort_by(status_order);
         list.truncate(STATUS_LIST_LIMIT);
     }
     new.summary = Some(summary.clone());
@@ -503,6 +460,16 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     // What is only a timestamp changes every run; status stays quiet otherwise.
     write_status(ctx, policy, &old, &new).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// Status lists: by build and region, newest first.
+fn status_order(a: &ImageDecision, b: &ImageDecision) -> std::cmp::Ordering {
+    (&a.build, &a.region, &b.created_at, &a.image_id).cmp(&(
+        &b.build,
+        &b.region,
+        &a.created_at,
+        &b.image_id,
+    ))
 }
 
 /// How an evaluation ended, in kstatus terms.

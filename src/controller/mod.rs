@@ -20,7 +20,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Api, Client,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Recorder, Reporter},
         reflector::ObjectRef,
@@ -114,26 +114,30 @@ impl Error {
     }
 }
 
-fn policy_error_policy(policy: Arc<ImagePolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Counts and logs a failed reconcile, then retries after `after`.
+fn retry_after<K: kube::Resource<DynamicType = ()>>(
+    obj: &K,
+    error: &Error,
+    ctx: &Context,
+    after: Duration,
+) -> Action {
     ctx.metrics.error(error.kind());
     tracing::warn!(
-        namespace = policy.metadata.namespace.as_deref().unwrap_or_default(),
-        name = policy.metadata.name.as_deref().unwrap_or_default(),
-        %error,
-        "policy reconcile failed; retrying"
-    );
-    Action::requeue(Duration::from_secs(30))
-}
-
-fn error_policy(ib: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(error.kind());
-    tracing::warn!(
-        namespace = ib.metadata.namespace.as_deref().unwrap_or_default(),
-        name = ib.metadata.name.as_deref().unwrap_or_default(),
+        kind = %K::kind(&()),
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name = obj.meta().name.as_deref().unwrap_or_default(),
         %error,
         "reconcile failed; retrying"
     );
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(after)
+}
+
+fn error_policy(ib: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
+    retry_after(&*ib, error, &ctx, Duration::from_secs(10))
+}
+
+fn policy_error_policy(policy: Arc<ImagePolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    retry_after(&*policy, error, &ctx, Duration::from_secs(30))
 }
 
 /// Runs both controllers until `shutdown` is cancelled.
@@ -193,24 +197,26 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile loop");
             }
         });
-    // A new image (or any ImageBuild change) re-evaluates the policies of its
-    // namespace at once, so superseded images go without waiting an interval.
+    // A new image re-evaluates the policies that select its ImageBuild at
+    // once, so superseded images go without waiting an interval. Only what a
+    // policy reads passes: the status writes of a running build would
+    // otherwise list every image at the provider each time.
+    let build_changes = watcher(watched_builds, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(what_policies_read, Default::default());
     let policy_controller = Controller::new(policies, watcher::Config::default());
     let store = policy_controller.store();
     let policy_loop = policy_controller
-        .watches(
-            watched_builds,
-            watcher::Config::default(),
-            move |ib: ImageBuild| {
-                let ns = ib.metadata.namespace.clone();
-                store
-                    .state()
-                    .iter()
-                    .filter(|p| p.metadata.namespace == ns && image_policy::selects(p, &ib))
-                    .map(|p| ObjectRef::from_obj(&**p))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(build_changes, move |ib: ImageBuild| {
+            let ns = ib.metadata.namespace.clone();
+            store
+                .state()
+                .iter()
+                .filter(|p| p.metadata.namespace == ns && image_policy::selects(&p.spec, &ib))
+                .map(|p| ObjectRef::from_obj(&**p))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(image_policy::reconcile, policy_error_policy, ctx)
         .for_each(|result| async move {
@@ -221,6 +227,25 @@ pub async fn run(
     futures::join!(build_loop, policy_loop);
     ready.store(false, Ordering::Relaxed);
     tracing::info!("controller stopped");
+}
+
+/// The parts of an ImageBuild an ImagePolicy reads: labels (selectors), the
+/// latest image and the parent images in use.
+fn what_policies_read(ib: &ImageBuild) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ib.metadata.labels.hash(&mut h);
+    if let Some(s) = &ib.status {
+        s.latest_image
+            .as_ref()
+            .map(|l| (&l.build_id, &l.parent_image))
+            .hash(&mut h);
+        s.current_build
+            .as_ref()
+            .map(|c| &c.parent_image)
+            .hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 /// Now, in whole seconds: the apiserver stores times to the second, and a

@@ -105,6 +105,11 @@ impl Aws {
     }
 }
 
+/// The EC2 error code of a service error (`InvalidAMIID.NotFound`, ...).
+fn error_code<E: ProvideErrorMetadata>(e: &aws_sdk_ec2::error::SdkError<E>) -> Option<&str> {
+    e.as_service_error().and_then(|s| s.code())
+}
+
 /// The SDK's error, as code and message, without the request (which may
 /// carry signed headers).
 pub fn describe_error<E: ProvideErrorMetadata + std::fmt::Display>(
@@ -152,13 +157,8 @@ where
         aws.count();
         match call().await {
             Err(e) if attempt < ATTEMPTS => {
-                let code = e
-                    .as_service_error()
-                    .and_then(|s| s.code())
-                    .map(str::to_owned);
-                if !is_throttling(code.as_deref())
-                    && !code.as_deref().is_some_and(|c| retry_also.contains(&c))
-                {
+                let code = error_code(&e);
+                if !is_throttling(code) && !code.is_some_and(|c| retry_also.contains(&c)) {
                     return Err(e);
                 }
                 tokio::time::sleep(wait).await;
@@ -194,8 +194,7 @@ impl ImageProvider for Aws {
             let client = self.client(first).await;
             self.count();
             let out = client.describe_regions().all_regions(true).send().await.map_err(|e| {
-                let code = e.as_service_error().and_then(|s| s.code()).map(str::to_owned);
-                if is_auth_error(code.as_deref()) {
+                if is_auth_error(error_code(&e)) {
                     ProviderError::Invalid(format!(
                         "the credentials in spec.provider.credentials.secretRef were refused by EC2 ({}); fix the Secret",
                         describe_error(&e)
@@ -343,10 +342,7 @@ impl ImageProvider for Aws {
                     remaining.retain(|s| !done.contains(&s.as_str()));
                 }
                 // Already gone: a previous evaluation got this far.
-                Err(e)
-                    if e.as_service_error()
-                        .and_then(|s| s.code())
-                        .is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
+                Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
                 Err(e) => return Err(api("DeregisterImage", describe_error(&e))),
             }
             // The snapshot stays "in use" for a moment after the AMI is gone.
@@ -357,9 +353,7 @@ impl ImageProvider for Aws {
                 .await
                 {
                     Ok(_) => {}
-                    Err(e)
-                        if e.as_service_error().and_then(|s| s.code())
-                            == Some("InvalidSnapshot.NotFound") => {}
+                    Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {}
                     Err(e) => {
                         return Err(api(
                             "DeleteSnapshot",
@@ -394,11 +388,7 @@ impl ImageProvider for Aws {
             {
                 Ok(_) => Ok(None),
                 Err(e) => {
-                    let code = e
-                        .as_service_error()
-                        .and_then(|s| s.code())
-                        .unwrap_or_default()
-                        .to_owned();
+                    let code = error_code(&e).unwrap_or_default();
                     let unsupported = code.is_empty()
                         || code.contains("NotImplemented")
                         || code == "InvalidAction"

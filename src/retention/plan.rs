@@ -117,7 +117,8 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-fn age(now: Timestamp, then: Timestamp) -> Duration {
+/// How long ago `then` was (zero for the future).
+pub fn age(now: Timestamp, then: Timestamp) -> Duration {
     now.duration_since(then)
         .try_into()
         .unwrap_or(Duration::ZERO)
@@ -166,7 +167,7 @@ pub fn plan(
             let (action, reason) = decide(
                 image,
                 i,
-                list.get(i.wrapping_sub(1)).filter(|_| i > 0).copied(),
+                i.checked_sub(1).map(|newer| list[newer]),
                 rules,
                 protection,
                 now,

@@ -1,6 +1,7 @@
--- Argo CD health check for kiln.dev/ImagePolicy, from kiln's kstatus
--- conditions. Argo CD runs scripts from argocd-cm without the string and math
--- libraries (only base, table and package), so this uses neither.
+-- Argo CD health check for kiln.dev/ImageBuild and kiln.dev/ImagePolicy (one
+-- script serves both kinds), from kiln's kstatus conditions. Argo CD runs
+-- scripts from argocd-cm without the string and math libraries (only base,
+-- table and package), so this uses neither.
 local hs = {}
 
 -- The condition of type t in status.conditions, or nil.
@@ -50,7 +51,7 @@ if type(o.metadata) == "table" then
   generation = number(o.metadata.generation)
 end
 
--- Suspended wins: kiln evaluates nothing while spec.suspend is true.
+-- Suspended wins: kiln neither builds nor evaluates while spec.suspend is true.
 if type(spec) == "table" and spec.suspend == true then
   hs.status = "Suspended"
   hs.message = "suspended: spec.suspend is true"
@@ -83,12 +84,30 @@ end
 local ready = condition(status, "Ready")
 if isTrue(ready) then
   hs.status = "Healthy"
-  -- What the last evaluation kept, deprecated and deleted (or would, dry run).
-  hs.message = text(ready.message, "ready")
+  -- An ImageBuild names its latest image and its ID in each region; an
+  -- ImagePolicy has no status.latestImage and shows Ready's message.
+  local latest = status.latestImage
+  if type(latest) == "table" and type(latest.version) == "string" and latest.version ~= "" then
+    local ids = {}
+    if type(latest.artifacts) == "table" then
+      for _, a in ipairs(latest.artifacts) do
+        if type(a) == "table" and type(a.region) == "string" and type(a.imageId) == "string" then
+          table.insert(ids, a.region .. "=" .. a.imageId)
+        end
+      end
+    end
+    hs.message = "latest image " .. latest.version
+    if #ids > 0 then
+      hs.message = hs.message .. ": " .. table.concat(ids, ", ")
+    end
+  else
+    hs.message = text(ready.message, "ready")
+  end
   return hs
 end
 
--- Work in progress.
+-- Building, waiting for an input, a retry scheduled, or retention actions
+-- being retried.
 local reconciling = condition(status, "Reconciling")
 if isTrue(reconciling) then
   hs.status = "Progressing"
