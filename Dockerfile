@@ -2,7 +2,7 @@
 #
 #   docker build -t ghcr.io/kiln-dev/kiln:0.1.0 .
 #
-# Stage 1 builds a static kiln (musl, crt-static); stage 2 takes Packer from
+# Stage 1 builds a static kiln (musl links statically by default); stage 2 takes Packer from
 # HashiCorp's official image; the result is distroless/static, non-root
 # (65532), with nothing but the two binaries and CA certificates.
 #
@@ -19,7 +19,6 @@ FROM rust:${RUST_VERSION}-alpine AS build
 RUN apk add --no-cache musl-dev gcc g++ make cmake perl
 WORKDIR /src
 COPY . .
-ENV RUSTFLAGS="-C target-feature=+crt-static"
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin kiln \

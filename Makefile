@@ -6,13 +6,15 @@ SHELL := bash
 CARGO ?= cargo
 KILN_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
 export KILN_CACHE_DIR
+# What setup installs (helm, moto) comes first for every target.
+export PATH := $(KILN_CACHE_DIR)/tools/bin:$(KILN_CACHE_DIR)/venv/bin:$(PATH)
 
 .PHONY: help setup testenv test lint fmt crds manifests build demo bench
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install what tests need: packer (Debian), moto (PyPI venv), the Go-built control plane.
+setup: ## Install what tests need: packer (Debian), moto (PyPI venv), helm and the control plane (Go-built).
 	@hack/setup.sh
 
 testenv: ## Build or find kube-apiserver, etcd, kube-controller-manager; print their directory.
@@ -23,7 +25,7 @@ crds: ## Regenerate crds/ and the chart's crds/ from the API types.
 	$(CARGO) run --quiet -- crd --out-dir charts/kiln/crds
 
 manifests: setup ## Regenerate config/base/ from the chart's default rendering.
-	HELM="$(KILN_CACHE_DIR)/tools/bin/helm" hack/manifests.sh
+	hack/manifests.sh
 
 build: ## Build the kiln binary (debug).
 	$(CARGO) build
@@ -37,16 +39,13 @@ lint: ## rustfmt and clippy, warnings are errors.
 
 demo: setup ## Run kiln locally: control plane, moto as EC2, the controller, sample builds. ARGS=--once exits after.
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
-	export PATH="$(KILN_CACHE_DIR)/tools/bin:$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) run --quiet -- demo $(ARGS)
 
 test: setup lint ## Install what is needed, then run every test on a real control plane.
 	cd hack/argocd-health && go test ./...
 	cd hack/kstatus && go test ./...
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
-	export PATH="$(KILN_CACHE_DIR)/tools/bin:$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) test --lib --bins --tests --no-fail-fast
 
 bench: setup ## Benchmarks: prune 10,000 AMIs in moto against a sequential baseline (BENCH_IMAGES=N to change).
-	export PATH="$(KILN_CACHE_DIR)/venv/bin:$$PATH"; \
 	$(CARGO) bench --profile dev --bench prune

@@ -185,6 +185,10 @@ fn chart_lints_clean_and_renders_its_options() {
             "leaderElection.enabled",
         ),
         ("metricsPort=80", "/metricsPort"),
+        (
+            "leaderElection.renewBeforeSeconds=15",
+            "renewBeforeSeconds must be less than",
+        ),
     ] {
         let out = Command::new(&helm_path)
             .args(["template", "kiln", "charts/kiln", "--set", bad])
@@ -195,6 +199,34 @@ fn chart_lints_clean_and_renders_its_options() {
         assert!(!out.status.success(), "{bad} was accepted");
         assert!(stderr.contains(named), "{bad}: {stderr}");
     }
+}
+
+/// Every argument the chart's Deployment passes is one `kiln` accepts: clap
+/// parses them all before `--help` stops it.
+#[test]
+fn the_deployment_args_are_kiln_flags() {
+    let objects = render(&["controller.watchNamespace=images"]);
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("Deployment");
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("run kiln");
+    assert!(
+        out.status.success(),
+        "kiln refused the chart's args {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// config/base is the chart's default rendering, object for object.
@@ -234,10 +266,17 @@ fn kustomize_base_matches_the_chart() {
         chart == files,
         "config/base differs from the chart's default rendering; run `make manifests` and commit the result"
     );
-    // And kustomize's default overlay brings the same CRDs as the chart.
-    let default = std::fs::read_to_string(root().join("config/default/kustomization.yaml"))
-        .expect("config/default");
-    assert!(default.contains("../../crds") && default.contains("../base"));
+    // The RoleBinding kustomize users copy per build namespace is the chart's.
+    let chart_binding = render(&["rbac.buildNamespaces={images}"])
+        .into_iter()
+        .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == "images")
+        .expect("the chart's RoleBinding in images");
+    let example = documents(
+        &std::fs::read_to_string(root().join("config/rbac/build-namespace.yaml"))
+            .expect("config/rbac/build-namespace.yaml"),
+    );
+    assert_eq!(example[0]["roleRef"], chart_binding["roleRef"]);
+    assert_eq!(example[0]["subjects"], chart_binding["subjects"]);
 }
 
 #[tokio::test]
