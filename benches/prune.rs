@@ -15,11 +15,7 @@ use std::{sync::Arc, time::Instant};
 use aws_sdk_ec2::types::Tag;
 use futures::{StreamExt, stream};
 use kiln::{
-    provider::{
-        ImageProvider,
-        aws::{Aws, StaticCredentials},
-        tags,
-    },
+    provider::{ImageProvider, tags},
     retention::{self, Protection, Rules},
     testenv::Moto,
 };
@@ -29,19 +25,8 @@ const BUILD: &str = "base";
 const REGION: &str = "us-east-1";
 const KEEP: usize = 3;
 
-fn aws(moto: &Moto) -> Aws {
-    Aws::new(
-        Some(moto.endpoint().to_owned()),
-        Some(StaticCredentials {
-            access_key_id: "bench".into(),
-            secret_access_key: "bench".into(),
-            session_token: None,
-        }),
-    )
-}
-
 async fn seed(moto: &Moto, count: usize) -> anyhow::Result<()> {
-    let client = aws(moto).client(REGION).await;
+    let client = moto.aws().client(REGION).await;
     let run = client
         .run_instances()
         .image_id("ami-1e749f67")
@@ -106,7 +91,7 @@ struct Run {
 /// The script users run today: list everything, delete all but the newest
 /// three, one at a time.
 async fn baseline(moto: &Moto) -> anyhow::Result<Run> {
-    let aws = aws(moto);
+    let aws = moto.aws();
     let client = aws.client(REGION).await;
     let started = Instant::now();
     let mut calls = 0u64;
@@ -161,7 +146,7 @@ async fn baseline(moto: &Moto) -> anyhow::Result<Run> {
 
 /// kiln: list through the provider, plan, carry out with bounded concurrency.
 async fn kiln_prune(moto: &Moto) -> anyhow::Result<Run> {
-    let aws = Arc::new(aws(moto));
+    let aws = Arc::new(moto.aws());
     let started = Instant::now();
     let images = aws.list_owned(&[REGION.to_owned()], NS, BUILD).await?;
     let now = jiff::Timestamp::now();

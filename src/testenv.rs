@@ -606,6 +606,18 @@ impl Moto {
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    /// kiln's EC2 provider for this endpoint (moto takes any credentials).
+    pub fn aws(&self) -> crate::provider::aws::Aws {
+        crate::provider::aws::Aws::new(
+            Some(self.endpoint.clone()),
+            Some(crate::provider::aws::StaticCredentials {
+                access_key_id: "testing".into(),
+                secret_access_key: "testing".into(),
+                session_token: None,
+            }),
+        )
+    }
 }
 
 impl Drop for Moto {

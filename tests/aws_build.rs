@@ -19,16 +19,7 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 #[tokio::test]
 async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
     let env = Env::start(false).await;
-    env.namespace(NS).await;
-    env.aws_secret(
-        NS,
-        "aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ],
-    )
-    .await;
+    env.build_namespace(NS).await;
     let controller = env
         .controller("c1", &["--default-executor", "process"])
         .await;
@@ -160,29 +151,20 @@ async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
     );
 
     // requestedAt forces exactly one rebuild per new value, mirrored to status.
-    let request = json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "2026-11-22T11:00:00Z"}}});
-    api.patch("app", &PatchParams::default(), &Patch::Merge(request))
-        .await
-        .expect("annotate");
-    let ib = wait_for(&api, "app", BUILD_TIMEOUT, &controller.log, |ib| {
-        is_ready(ib)
-            && ib
-                .status
-                .as_ref()
-                .and_then(|s| s.last_handled_reconcile_at.as_deref())
-                == Some("2026-11-22T11:00:00Z")
-            && ib
-                .status
-                .as_ref()
-                .and_then(|s| s.latest_image.as_ref())
-                .is_some_and(|l| l.build_id != second.build_id)
-    })
+    let ib = rebuild(
+        &api,
+        "app",
+        "2026-11-22T11:00:00Z",
+        BUILD_TIMEOUT,
+        &controller.log,
+    )
     .await;
     let third = ib
         .status
         .clone()
         .and_then(|s| s.latest_image)
         .expect("latest");
+    assert_ne!(third.build_id, second.build_id, "a new build");
     assert_eq!(
         third.spec_hash, second.spec_hash,
         "a forced rebuild builds the same spec"
@@ -210,16 +192,7 @@ async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
 #[tokio::test]
 async fn a_process_build_orphaned_by_a_restart_is_failed_and_retried() {
     let env = Env::start(false).await;
-    env.namespace(NS).await;
-    env.aws_secret(
-        NS,
-        "aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ],
-    )
-    .await;
+    env.build_namespace(NS).await;
     let controller = env
         .controller("c1", &["--default-executor", "process"])
         .await;
@@ -284,16 +257,7 @@ async fn a_process_build_orphaned_by_a_restart_is_failed_and_retried() {
 #[tokio::test]
 async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
     let env = Env::start(false).await;
-    env.namespace(NS).await;
-    env.aws_secret(
-        NS,
-        "aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ],
-    )
-    .await;
+    env.build_namespace(NS).await;
     let controller = env
         .controller("c", &["--default-executor", "process"])
         .await;

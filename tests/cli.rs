@@ -8,7 +8,6 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use kiln::{api::ImageBuild, provider::tags};
 use kube::{Api, api::PostParams};
 use serde_json::json;
@@ -86,41 +85,15 @@ fn validate_accepts_the_samples_and_names_what_is_wrong() {
 }
 
 async fn seed(env: &Env, ns: &str, name: &str, n: usize) -> Vec<String> {
-    let ec2 = env.ec2().client("us-east-1").await;
-    let run = ec2
-        .run_instances()
-        .image_id("ami-1e749f67")
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .expect("RunInstances");
-    let instance = run.instances()[0]
-        .instance_id()
-        .expect("instance")
-        .to_owned();
     let mut ids = Vec::new();
     for i in 0..n {
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::Image)
-            .tags(Tag::builder().key(tags::NAMESPACE).value(ns).build())
-            .tags(Tag::builder().key(tags::IMAGE_BUILD).value(name).build())
-            .tags(
-                Tag::builder()
-                    .key(tags::BUILD_ID)
-                    .value(format!("b{i}"))
-                    .build(),
-            )
-            .build();
-        let out = ec2
-            .create_image()
-            .instance_id(&instance)
-            .name(format!("{name}-{i}"))
-            .tag_specifications(spec)
-            .send()
-            .await
-            .expect("CreateImage");
-        ids.push(out.image_id().expect("ami").to_owned());
+        let build_id = format!("b{i}");
+        let owner = [
+            (tags::NAMESPACE, ns),
+            (tags::IMAGE_BUILD, name),
+            (tags::BUILD_ID, build_id.as_str()),
+        ];
+        ids.push(make_ami(&env.ec2(), "us-east-1", &format!("{name}-{i}"), &owner).await);
         // Distinct creation times (moto keeps whole seconds).
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     }

@@ -7,11 +7,14 @@ mod support;
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use k8s_openapi::api::core::v1::Secret;
-use kiln::api::ImageBuild;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kiln::{
+    api::ImageBuild,
+    packer::runner::{Outcome, RunnerResult},
+};
 use kube::{
-    Api, Client,
-    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
+    api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 use support::*;
@@ -281,7 +284,8 @@ fn kustomize_base_matches_the_chart() {
 
 #[tokio::test]
 async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secrets() {
-    let env = Env::start(false).await;
+    // With kube-controller-manager: the Job executor's Job gets a Pod.
+    let env = Env::start(true).await;
     env.namespace(RELEASE_NS).await;
     env.build_namespace(BUILD_NS).await;
     env.build_namespace(OTHER_NS).await;
@@ -335,8 +339,9 @@ async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secret
         let image = ami(&aws, &a.region, &a.image_id).await;
         assert_eq!(tag(&image, kiln::provider::tags::MANAGED_BY), Some("kiln"));
     }
-    // The Job executor: the build Job is created in the build namespace (no
-    // kubelet runs it here; tests/job_executor.rs plays the kubelet).
+    // The Job executor under the same RBAC: kiln creates the Job in the build
+    // namespace, kube-controller-manager its Pod; the test finishes the Pod as
+    // a kubelet would, and kiln reads the result from it.
     let mut jobbed = serde_json::to_value(image_build(
         "jobbed",
         env.moto.endpoint(),
@@ -352,30 +357,50 @@ async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secret
         )
         .await
         .expect("create jobbed");
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), BUILD_NS);
-    let selector = kube::api::ListParams::default().labels("kiln.dev/image-build=jobbed");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while jobs
-        .list(&selector)
-        .await
-        .map(|l| l.items.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no build Job was created:\n{}",
-            controller.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    wait_for(
+    let ib = wait_for(
         &builds,
         "jobbed",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         &controller.log,
         is_building,
     )
     .await;
+    let current = ib
+        .status
+        .and_then(|s| s.current_build)
+        .expect("currentBuild");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), BUILD_NS);
+    let selector =
+        ListParams::default().labels(&format!("batch.kubernetes.io/job-name={}", current.handle));
+    let pod = wait_list("build Pod", || async {
+        pods.list(&selector)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    })
+    .await
+    .remove(0);
+    let built = make_ami(&env.ec2(), "us-east-1", "jobbed-built", &[]).await;
+    let result = RunnerResult {
+        build_id: current.build_id.clone(),
+        outcome: Outcome::Succeeded,
+        artifacts: vec![kiln::api::RegionArtifact {
+            region: "us-east-1".into(),
+            image_id: built.clone(),
+        }],
+        message: None,
+        packer_version: Some("1.16.0".into()),
+    };
+    finish_runner_pod(
+        &pods,
+        &pod.name_any(),
+        "ghcr.io/kiln-dev/kiln:0.1.0",
+        &result,
+    )
+    .await;
+    let ib = wait_for(&builds, "jobbed", BUILD_TIMEOUT, &controller.log, is_ready).await;
+    let latest = ib.status.and_then(|s| s.latest_image).expect("latestImage");
+    assert_eq!(latest.artifacts[0].image_id, built);
 
     let log = controller.log_text();
     assert!(

@@ -15,27 +15,13 @@ use kiln::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
 use serde_json::json;
 use support::*;
 
 const NS: &str = "jobs";
 const SECRET_KEY: &str = "Job-s3cret-never-in-a-spec";
-
-async fn wait_list<T, F>(what: &str, mut f: impl FnMut() -> F) -> Vec<T>
-where
-    F: std::future::Future<Output = Vec<T>>,
-{
-    for _ in 0..150 {
-        let items = f().await;
-        if !items.is_empty() {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("no {what} appeared");
-}
 
 #[tokio::test]
 async fn job_executor_runs_the_runner_in_a_locked_down_job_and_reads_its_result() {
@@ -204,28 +190,7 @@ async fn job_executor_runs_the_runner_in_a_locked_down_job_and_reads_its_result(
     })
     .await
     .remove(0);
-    let ec2 = env.ec2().client("us-east-1").await;
-    let run = ec2
-        .run_instances()
-        .image_id("ami-1e749f67")
-        .min_count(1)
-        .max_count(1)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T2Micro)
-        .send()
-        .await
-        .expect("RunInstances");
-    let instance = run.instances()[0]
-        .instance_id()
-        .expect("instance id")
-        .to_owned();
-    let image = ec2
-        .create_image()
-        .instance_id(instance)
-        .name("app-job-built")
-        .send()
-        .await
-        .expect("CreateImage");
-    let ami = image.image_id().expect("ami").to_owned();
+    let ami = make_ami(&env.ec2(), "us-east-1", "app-job-built", &[]).await;
     let result = RunnerResult {
         build_id: current.build_id.clone(),
         outcome: Outcome::Succeeded,
@@ -236,32 +201,13 @@ async fn job_executor_runs_the_runner_in_a_locked_down_job_and_reads_its_result(
         message: None,
         packer_version: Some("1.6.6".into()),
     };
-    let now = jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "phase": "Succeeded",
-        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-        "containerStatuses": [{
-            "name": "runner",
-            "image": "registry.example/kiln:test",
-            "imageID": "",
-            "ready": false,
-            "restartCount": 0,
-            "state": {"terminated": {
-                "exitCode": 0,
-                "reason": "Completed",
-                "message": serde_json::to_string(&result).expect("json"),
-                "startedAt": now,
-                "finishedAt": now
-            }}
-        }]
-    }});
-    pods.patch_status(
+    finish_runner_pod(
+        &pods,
         &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
+        "registry.example/kiln:test",
+        &result,
     )
-    .await
-    .expect("pod status");
+    .await;
 
     let ib = wait_for(
         &builds,

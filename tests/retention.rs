@@ -6,7 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use kiln::api::{ImageBuild, ImagePolicy, RetentionAction};
+use kiln::{
+    api::{ImageBuild, ImagePolicy, RetentionAction},
+    provider::tags,
+};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -16,53 +19,41 @@ use support::*;
 
 const NS: &str = "retention";
 const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
+const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn policy(name: &str, spec: serde_json::Value) -> ImagePolicy {
     serde_json::from_value(json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"name": name}, "spec": spec}))
         .expect("ImagePolicy")
 }
 
+/// Waits until the policy's current generation is evaluated with `reason`.
 async fn wait_policy(
     api: &Api<ImagePolicy>,
     name: &str,
     reason: &str,
     log: &std::path::Path,
 ) -> ImagePolicy {
-    for _ in 0..200 {
-        if let Ok(p) = api.get(name).await
-            && p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
-            && p.status.as_ref().is_some_and(|s| {
-                s.conditions
+    wait_for(api, name, Duration::from_secs(60), log, |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.observed_generation == p.metadata.generation
+                && s.conditions
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.reason == reason)
-            })
-        {
-            return p;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let status = api
-        .get(name)
-        .await
-        .ok()
-        .and_then(|p| p.status)
-        .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
-    panic!(
-        "policy {name} never reached {reason}: {status:?}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+        })
+    })
+    .await
 }
 
 /// An AMI ID with its snapshot IDs.
 type AmiSnapshots = (String, Vec<String>);
 
-/// Owned AMI IDs in a region, with their snapshots.
+/// AMIs of ImageBuild `retention/app` in a region, with their snapshots.
 async fn owned(env: &Env, region: &str) -> Vec<AmiSnapshots> {
     let aws = env.ec2();
     let images = amis(&aws, region).await;
     images
         .iter()
-        .filter(|i| tag(i, kiln::provider::tags::IMAGE_BUILD) == Some("app"))
+        .filter(|i| tag(i, tags::IMAGE_BUILD) == Some("app") && tag(i, tags::NAMESPACE) == Some(NS))
         .map(|i| {
             let snaps = i
                 .block_device_mappings()
@@ -95,16 +86,7 @@ async fn snapshot_exists(env: &Env, region: &str, id: &str) -> bool {
 #[tokio::test]
 async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
     let env = Env::start(false).await;
-    env.namespace(NS).await;
-    env.aws_secret(
-        NS,
-        "aws",
-        &[
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ],
-    )
-    .await;
+    env.build_namespace(NS).await;
     let controller = env
         .controller("c", &["--default-executor", "process"])
         .await;
@@ -121,29 +103,12 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
         .expect("create");
     let mut made: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for n in 0..8 {
-        if n > 0 {
-            let patch = json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": format!("rebuild-{n}")}}});
-            builds
-                .patch("app", &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .expect("annotate");
-        }
-        let previous = made.last().map(|(id, _)| id.clone());
-        let ib = wait_for(
-            &builds,
-            "app",
-            Duration::from_secs(120),
-            &controller.log,
-            |ib| {
-                is_ready(ib)
-                    && ib
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.latest_image.as_ref())
-                        .is_some_and(|l| Some(&l.build_id) != previous.as_ref())
-            },
-        )
-        .await;
+        let ib = if n == 0 {
+            wait_for(&builds, "app", BUILD_TIMEOUT, &controller.log, is_ready).await
+        } else {
+            let token = format!("rebuild-{n}");
+            rebuild(&builds, "app", &token, BUILD_TIMEOUT, &controller.log).await
+        };
         let latest = ib.status.and_then(|s| s.latest_image).expect("latest");
         made.push((
             latest.build_id,
@@ -156,7 +121,7 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
         // Distinct creation times (moto stores whole seconds).
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    let ami = |n: usize, region: &str| {
+    let built = |n: usize, region: &str| {
         made[n]
             .1
             .iter()
@@ -165,30 +130,16 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
             .expect("artifact")
     };
 
-    // An AMI with the same name prefix that kiln does not own, in each region.
+    // An AMI kiln does not own in each region: same name prefix and the same
+    // ImageBuild name, but another namespace's.
     let mut handmade = Vec::new();
     for region in REGIONS {
-        let ec2 = env.ec2().client(region).await;
-        let run = ec2
-            .run_instances()
-            .image_id("ami-1e749f67")
-            .min_count(1)
-            .max_count(1)
-            .send()
-            .await
-            .expect("RunInstances");
-        let instance = run.instances()[0]
-            .instance_id()
-            .expect("instance")
-            .to_owned();
-        let image = ec2
-            .create_image()
-            .instance_id(instance)
-            .name("app-plain-handmade")
-            .send()
-            .await
-            .expect("CreateImage");
-        handmade.push((region, image.image_id().expect("ami").to_owned()));
+        let owner = [
+            (tags::IMAGE_BUILD, "app"),
+            (tags::NAMESPACE, "someone-else"),
+        ];
+        let id = make_ami(&env.ec2(), region, "app-plain-handmade", &owner).await;
+        handmade.push((region, id));
     }
     let snapshots_before: Vec<(String, Vec<AmiSnapshots>)> = {
         let mut v = Vec::new();
@@ -218,7 +169,7 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
     planned.sort();
     let mut expected: Vec<(String, String)> = REGIONS
         .iter()
-        .flat_map(|r| [0, 2, 3, 4].map(|n| (r.to_string(), ami(n, r))))
+        .flat_map(|r| [0, 2, 3, 4].map(|n| (r.to_string(), built(n, r))))
         .collect();
     expected.sort();
     assert_eq!(
@@ -235,7 +186,7 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
         status
             .retained
             .iter()
-            .any(|d| d.image_id == ami(1, "us-east-1") && d.reason.contains("pinned"))
+            .any(|d| d.image_id == built(1, "us-east-1") && d.reason.contains("pinned"))
     );
     assert_eq!(
         status.summary.as_ref().map(|s| (s.planned, s.deleted)),
@@ -269,11 +220,15 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
             .map(|(id, _)| id)
             .collect();
         remaining.sort();
-        let mut want: Vec<String> = [1, 5, 6, 7].map(|n| ami(n, region)).to_vec();
+        let mut want: Vec<String> = [1, 5, 6, 7].map(|n| built(n, region)).to_vec();
         want.sort();
         assert_eq!(
             remaining, want,
             "{region}: the pinned AMI and the newest three remain"
+        );
+        assert!(
+            before.iter().all(|(_, snaps)| !snaps.is_empty()),
+            "every owned AMI in {region} has snapshots"
         );
         for (id, snaps) in before {
             let kept = want.contains(id);
@@ -285,20 +240,12 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
                 );
             }
         }
-        let all: Vec<String> = amis(&env.ec2(), region)
-            .await
-            .iter()
-            .filter_map(|i| i.image_id().map(str::to_owned))
-            .collect();
-        let own = handmade
+        // The AMI kiln does not own remains (a panic names it otherwise).
+        let (_, foreign) = handmade
             .iter()
             .find(|(r, _)| r == region)
-            .map(|(_, id)| id.clone())
             .expect("handmade");
-        assert!(
-            all.contains(&own),
-            "the AMI kiln does not own remains in {region}"
-        );
+        ami(&env.ec2(), region, foreign).await;
     }
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), NS);
     let deletions = events
@@ -316,17 +263,47 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
         .delete("keep-three", &DeleteParams::default())
         .await
         .expect("delete policy");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_list("deletion of the policy", || async {
+        match policies.get_opt("keep-three").await {
+            Ok(None) => vec![()],
+            _ => vec![],
+        }
+    })
+    .await;
     for region in REGIONS {
         assert_eq!(owned(&env, region).await.len(), 4);
     }
 
-    // maxAge removes old superseded images but never the latest, however old.
-    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 1, "maxAge": "1s"});
+    // maxAge keeps superseded images younger than it...
+    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 1, "maxAge": "1h"});
     policies
         .create(&PostParams::default(), &policy("max-age", spec))
         .await
         .expect("policy");
+    let p = wait_policy(&policies, "max-age", "Evaluated", &controller.log).await;
+    for region in REGIONS {
+        assert_eq!(
+            owned(&env, region).await.len(),
+            4,
+            "{region}: maxAge 1h keeps them"
+        );
+    }
+    let retained = p.status.map(|s| s.retained).unwrap_or_default();
+    assert!(
+        retained
+            .iter()
+            .any(|d| d.reason.contains("younger than maxAge")),
+        "{retained:?}"
+    );
+    // ...and removes older ones, but never the latest, however old.
+    policies
+        .patch(
+            "max-age",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxAge": "1s"}})),
+        )
+        .await
+        .expect("patch");
     wait_policy(&policies, "max-age", "Evaluated", &controller.log).await;
     for region in REGIONS {
         let remaining: Vec<String> = owned(&env, region)
@@ -336,7 +313,7 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
             .collect();
         assert_eq!(
             remaining,
-            vec![ami(7, region)],
+            vec![built(7, region)],
             "{region}: only the latest remains"
         );
     }
@@ -349,27 +326,7 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
         .delete("max-age", &DeleteParams::default())
         .await
         .expect("delete policy");
-    let patch =
-        json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "one-more"}}});
-    builds
-        .patch("app", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .expect("annotate");
-    wait_for(
-        &builds,
-        "app",
-        Duration::from_secs(120),
-        &controller.log,
-        |ib| {
-            is_ready(ib)
-                && ib
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.last_handled_reconcile_at.as_deref())
-                    == Some("one-more")
-        },
-    )
-    .await;
+    rebuild(&builds, "app", "one-more", BUILD_TIMEOUT, &controller.log).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let spec = json!({"builds": {"names": ["app"]}, "keepLast": 1, "deprecateAfter": "1s", "deleteAfter": "24h"});
     policies
@@ -379,7 +336,7 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
     let p = wait_policy(&policies, "staged", "Evaluated", &controller.log).await;
     let status = p.status.expect("status");
     for region in REGIONS {
-        let superseded = ami(7, region);
+        let superseded = built(7, region);
         let kept = status
             .retained
             .iter()

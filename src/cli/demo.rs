@@ -281,14 +281,7 @@ async fn wait_ready(
 }
 
 async fn print_amis(moto: &Moto) -> anyhow::Result<()> {
-    let aws = kiln::provider::aws::Aws::new(
-        Some(moto.endpoint().to_owned()),
-        Some(kiln::provider::aws::StaticCredentials {
-            access_key_id: "demo".into(),
-            secret_access_key: "demo-secret".into(),
-            session_token: None,
-        }),
-    );
+    let aws = moto.aws();
     let mut rows = Vec::new();
     for region in ["us-east-1", "eu-west-1"] {
         let out = aws

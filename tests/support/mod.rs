@@ -145,8 +145,7 @@ impl Env {
         KilnController::start(kubeconfig, &self.dir.path().join(name), args, envs).await
     }
 
-    /// Secret, namespace and controller for builds in `ns` with moto's
-    /// throwaway credentials.
+    /// Namespace `ns` with an `aws` Secret holding moto's throwaway credentials.
     pub async fn build_namespace(&self, ns: &str) {
         self.namespace(ns).await;
         self.aws_secret(
@@ -161,14 +160,7 @@ impl Env {
     }
 
     pub fn ec2(&self) -> kiln::provider::aws::Aws {
-        kiln::provider::aws::Aws::new(
-            Some(self.moto.endpoint().to_owned()),
-            Some(kiln::provider::aws::StaticCredentials {
-                access_key_id: "testing".into(),
-                secret_access_key: "testing".into(),
-                session_token: None,
-            }),
-        )
+        self.moto.aws()
     }
 }
 
@@ -269,28 +261,32 @@ impl KilnController {
     }
 }
 
-/// Polls an ImageBuild until `done` holds, or panics with its status and the
-/// controller's log.
-pub async fn wait_for(
-    api: &Api<ImageBuild>,
+/// Polls an object until `done` holds, or panics with its status and the
+/// tail of the controller's log.
+pub async fn wait_for<K>(
+    api: &Api<K>,
     name: &str,
     timeout: Duration,
     log: &Path,
-    done: impl Fn(&ImageBuild) -> bool,
-) -> ImageBuild {
+    done: impl Fn(&K) -> bool,
+) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
     let deadline = Instant::now() + timeout;
     let mut last = None;
     while Instant::now() < deadline {
-        if let Ok(ib) = api.get(name).await {
-            if done(&ib) {
-                return ib;
+        if let Ok(obj) = api.get(name).await {
+            if done(&obj) {
+                return obj;
             }
-            last = Some(ib);
+            last = Some(obj);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let status = last
-        .and_then(|ib| ib.status)
+        .and_then(|o| serde_json::to_value(&o).ok())
+        .and_then(|v| v.get("status").cloned())
         .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
     let log = std::fs::read_to_string(log).unwrap_or_default();
     let tail: Vec<&str> = log
@@ -306,6 +302,124 @@ pub async fn wait_for(
         status.unwrap_or_default(),
         tail.join("\n")
     );
+}
+
+/// Polls until `list` returns something.
+pub async fn wait_list<T, F>(what: &str, mut list: impl FnMut() -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = Vec<T>>,
+{
+    for _ in 0..150 {
+        let items = list().await;
+        if !items.is_empty() {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no {what} appeared");
+}
+
+/// Asks for a rebuild with `reconcile.fluxcd.io/requestedAt = token` and waits
+/// until the build answering it is Ready.
+pub async fn rebuild(
+    api: &Api<ImageBuild>,
+    name: &str,
+    token: &str,
+    timeout: Duration,
+    log: &Path,
+) -> ImageBuild {
+    let patch = serde_json::json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}});
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .expect("annotate");
+    wait_for(api, name, timeout, log, |ib| {
+        is_ready(ib)
+            && ib
+                .status
+                .as_ref()
+                .and_then(|s| s.last_handled_reconcile_at.as_deref())
+                == Some(token)
+    })
+    .await
+}
+
+/// An AMI made directly in moto (not by kiln) from a throwaway instance,
+/// with `tags`; its ID.
+pub async fn make_ami(
+    aws: &kiln::provider::aws::Aws,
+    region: &str,
+    name: &str,
+    tags: &[(&str, &str)],
+) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let ec2 = aws.client(region).await;
+    let run = ec2
+        .run_instances()
+        .image_id("ami-1e749f67")
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .expect("RunInstances");
+    let instance = run.instances()[0]
+        .instance_id()
+        .expect("instance")
+        .to_owned();
+    let mut request = ec2.create_image().instance_id(instance).name(name);
+    if !tags.is_empty() {
+        let spec = tags.iter().fold(
+            TagSpecification::builder().resource_type(ResourceType::Image),
+            |s, (k, v)| s.tags(Tag::builder().key(*k).value(*v).build()),
+        );
+        request = request.tag_specifications(spec.build());
+    }
+    request
+        .send()
+        .await
+        .expect("CreateImage")
+        .image_id()
+        .expect("ami")
+        .to_owned()
+}
+
+/// Finishes a build Job's Pod as a kubelet would (no kubelet runs here): the
+/// runner container terminated with `result` as its termination message.
+pub async fn finish_runner_pod(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    image: &str,
+    result: &kiln::packer::runner::RunnerResult,
+) {
+    let now = jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "phase": "Succeeded",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+        "containerStatuses": [{
+            "name": "runner",
+            "image": image,
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": 0,
+                "reason": "Completed",
+                "message": serde_json::to_string(result).expect("json"),
+                "startedAt": now,
+                "finishedAt": now
+            }}
+        }]
+    }});
+    pods.patch_status(
+        pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .expect("pod status");
 }
 
 pub fn condition<'a>(
