@@ -4,7 +4,8 @@
 #
 # Stage 1 builds a static kiln (musl links statically by default); stage 2 takes Packer from
 # HashiCorp's official image; the result is distroless/static, non-root
-# (65532), with nothing but the two binaries and CA certificates.
+# (65532), with nothing but the two binaries and CA certificates. kiln is
+# built without the `demo` feature, so the test control plane is not in it.
 #
 # Packer: 1.16.0, see PACKER_VERSION. Releases since 1.10 bundle no plugins;
 # `kiln runner` runs `packer init` for templates that declare
@@ -21,7 +22,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kiln \
+    cargo build --release --locked --no-default-features --bin kiln \
     && cp target/release/kiln /kiln
 
 FROM hashicorp/packer:${PACKER_VERSION} AS packer

@@ -31,11 +31,12 @@ build: ## Build the kiln binary (debug).
 	$(CARGO) build
 
 fmt: ## Format the code.
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 lint: ## rustfmt and clippy, warnings are errors.
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --no-default-features -- -D warnings
 
 demo: setup ## Run kiln locally: control plane, moto as EC2, the controller, sample builds. ARGS=--once exits after.
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
@@ -45,7 +46,7 @@ test: setup lint ## Install what is needed, then run every test on a real contro
 	cd hack/argocd-health && go test ./...
 	cd hack/kstatus && go test ./...
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
-	$(CARGO) test --lib --bins --tests --no-fail-fast
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
 bench: setup ## Benchmarks: prune 10,000 AMIs in moto against a sequential baseline (BENCH_IMAGES=N to change).
 	$(CARGO) bench --profile dev --bench prune

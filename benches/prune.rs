@@ -15,10 +15,10 @@ use std::{sync::Arc, time::Instant};
 use aws_sdk_ec2::types::Tag;
 use futures::{StreamExt, stream};
 use kiln::{
-    provider::{ImageProvider, tags},
+    provider::{ImageProvider, aws::Aws, tags},
     retention::{self, Protection, Rules},
-    testenv::Moto,
 };
+use kiln_testenv::Moto;
 
 const NS: &str = "bench";
 const BUILD: &str = "base";
@@ -26,7 +26,7 @@ const REGION: &str = "us-east-1";
 const KEEP: usize = 3;
 
 async fn seed(moto: &Moto, count: usize) -> anyhow::Result<()> {
-    let client = moto.aws().client(REGION).await;
+    let client = Aws::for_emulator(moto.endpoint()).client(REGION).await;
     let run = client
         .run_instances()
         .image_id("ami-1e749f67")
@@ -91,7 +91,7 @@ struct Run {
 /// The script users run today: list everything, delete all but the newest
 /// three, one at a time.
 async fn baseline(moto: &Moto) -> anyhow::Result<Run> {
-    let aws = moto.aws();
+    let aws = Aws::for_emulator(moto.endpoint());
     let client = aws.client(REGION).await;
     let started = Instant::now();
     let mut calls = 0u64;
@@ -146,7 +146,7 @@ async fn baseline(moto: &Moto) -> anyhow::Result<Run> {
 
 /// kiln: list through the provider, plan, carry out with bounded concurrency.
 async fn kiln_prune(moto: &Moto) -> anyhow::Result<Run> {
-    let aws = Arc::new(moto.aws());
+    let aws = Arc::new(Aws::for_emulator(moto.endpoint()));
     let started = Instant::now();
     let images = aws.list_owned(&[REGION.to_owned()], NS, BUILD).await?;
     let now = jiff::Timestamp::now();
@@ -154,10 +154,17 @@ async fn kiln_prune(moto: &Moto) -> anyhow::Result<Run> {
         keep_last: KEEP,
         ..Default::default()
     };
-    let plan = retention::plan(NS, BUILD, &images, &rules, &Protection::default(), now)?;
-    let provider: Arc<dyn ImageProvider> = aws.clone();
-    let results = kiln::controller::image_policy::carry_out(provider, plan, now).await;
-    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    let verdicts = retention::plan(NS, BUILD, &images, &rules, &Protection::default(), now)?;
+    let plan = retention::BuildPlan {
+        build: BUILD.to_owned(),
+        provider: aws.clone() as Arc<dyn ImageProvider>,
+        verdicts,
+    };
+    let results = retention::carry_out(&plan, now).await;
+    let failed = results
+        .iter()
+        .filter(|o| matches!(o.applied, retention::Applied::Failed(_)))
+        .count();
     anyhow::ensure!(failed == 0, "{failed} deletions failed");
     let seconds = started.elapsed().as_secs_f64();
     let calls = aws.api_calls();

@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
-use kiln::{
-    api::{ImageBuild, ImagePolicy},
-    testenv::{ControlPlane, Options},
-};
+use kiln::api::{ImageBuild, ImagePolicy};
+use kiln_testenv::{ControlPlane, Options};
 use kube::{
     Api, Client,
     api::{DynamicObject, PostParams},

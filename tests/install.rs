@@ -29,7 +29,7 @@ fn root() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> String {
-    let helm = kiln::testenv::which("helm").expect(
+    let helm = kiln_testenv::which("helm").expect(
         "helm is not on PATH: run `make setup` (it builds helm into ~/.cache/kiln/tools/bin)",
     );
     let out = Command::new(helm)
@@ -173,7 +173,7 @@ fn chart_lints_clean_and_renders_its_options() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
 
     // values.schema.json refuses what would not work, naming the value.
-    let helm_path = kiln::testenv::which("helm").expect("helm");
+    let helm_path = kiln_testenv::which("helm").expect("helm");
     for (bad, named) in [
         (
             "controller.defaultExecutor=vm",

@@ -5,10 +5,8 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Secret},
     rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
 };
-use kiln::{
-    api::ImageBuild,
-    testenv::{ControlPlane, Options},
-};
+use kiln::api::ImageBuild;
+use kiln_testenv::{ControlPlane, Options};
 use kube::{
     Api,
     api::{ListParams, ObjectMeta, PostParams},

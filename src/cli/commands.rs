@@ -7,18 +7,17 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::{Context as _, bail};
-use jiff::Timestamp;
-use kiln::{
+use crate::{
     api::{ImageBuild, ImagePolicy, RetentionAction},
-    controller::image_policy::{self, BuildPlan},
     packer::runner::{self, BuildRequest, RunnerOptions},
     provider::{
         ImageProvider,
         aws::{Aws, StaticCredentials},
     },
-    retention::ImageInfo,
+    retention::{self, Applied, BuildPlan, ImageInfo},
 };
+use anyhow::{Context as _, bail};
+use jiff::Timestamp;
 use serde_json::Value;
 
 use super::table::format_rows;
@@ -51,7 +50,7 @@ fn load_valid<T: serde::de::DeserializeOwned>(path: &Path, kind: &str) -> anyhow
         .into_iter()
         .find(|d| d.get("kind").and_then(Value::as_str) == Some(kind))
         .with_context(|| format!("{}: no {kind} in the file", path.display()))?;
-    let problems: Vec<String> = kiln::validate::manifest(&doc)
+    let problems: Vec<String> = crate::validate::manifest(&doc)
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -95,7 +94,7 @@ pub async fn validate(files: &[PathBuf], packer: Option<PathBuf>) -> anyhow::Res
         }
         for doc in docs {
             let what = describe(&doc);
-            let mut problems: Vec<String> = kiln::validate::manifest(&doc)
+            let mut problems: Vec<String> = crate::validate::manifest(&doc)
                 .iter()
                 .map(ToString::to_string)
                 .collect();
@@ -148,7 +147,7 @@ async fn packer_validate(
         endpoint: ib.spec.provider.endpoint.clone(),
         template,
         variables: ib.spec.variables.clone(),
-        timestamp: kiln::build::status::version_stamp(Timestamp::now()),
+        timestamp: crate::image_build::status::version_stamp(Timestamp::now()),
     };
     let options = RunnerOptions {
         packer: packer.to_owned(),
@@ -178,7 +177,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
     let (ib, provider): (ImageBuild, Arc<dyn ImageProvider>) = match source {
         BuildSource::File(path) => {
             let ib: ImageBuild = load_valid(&path, "ImageBuild")?;
-            if ib.spec.provider.type_ != kiln::api::ProviderType::Aws {
+            if ib.spec.provider.type_ != crate::api::ProviderType::Aws {
                 bail!(
                     "listing {} images is not supported yet; kiln lists AWS images",
                     ib.spec.provider.type_.as_str()
@@ -196,11 +195,11 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
                 .get_opt(&name)
                 .await?
                 .with_context(|| format!("ImageBuild {ns}/{name} not found"))?;
-            let provider = match kiln::controller::dereference::provider(&client, &ib).await? {
+            let provider = match crate::dereference::provider(&client, &ib).await? {
                 Ok((p, _)) => p,
                 Err(problem) => bail!("ImageBuild {ns}/{name}: {problem:?}"),
             };
-            (ib, Arc::from(provider))
+            (ib, provider)
         }
     };
     let ns = ib
@@ -256,7 +255,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
 }
 
 fn age(now: Timestamp, then: Timestamp) -> String {
-    use kiln::retention::plan;
+    use kiln_core::retention::plan;
     plan::human(plan::age(now, then))
 }
 
@@ -279,7 +278,7 @@ pub async fn prune(
     progress(&format!(
         "listing the images of the ImageBuilds the policy selects in {ns}"
     ));
-    let plan = image_policy::plan_policy(&client, &ns, &policy.spec, now).await?;
+    let plan = retention::plan_policy(&client, &ns, &policy.spec, now).await?;
     for p in &plan.problems {
         eprintln!("warning: {p}");
     }
@@ -296,10 +295,10 @@ pub async fn prune(
     let mut rows = Vec::new();
     let mut kept = 0;
     for BuildPlan {
-        build, decisions, ..
+        build, verdicts, ..
     } in &plan.plans
     {
-        for d in decisions {
+        for d in verdicts {
             if d.action == RetentionAction::Keep {
                 kept += 1;
                 continue;
@@ -341,29 +340,29 @@ pub async fn prune(
         }
     }
     let mut failed = 0;
-    for BuildPlan {
-        build,
-        provider,
-        decisions,
-    } in plan.plans
-    {
+    for build_plan in &plan.plans {
+        let build = &build_plan.build;
         progress(&format!("pruning {build}"));
-        for (d, r) in image_policy::carry_out(provider, decisions, now).await {
-            match r {
-                Ok(None) => println!(
-                    "{} {} in {} ({build})",
-                    if d.action == RetentionAction::Delete {
-                        "deleted"
-                    } else {
-                        "deprecated"
-                    },
-                    d.image.image_id,
-                    d.image.region
-                ),
-                Ok(Some(note)) => {
+        for o in retention::carry_out(build_plan, now).await {
+            let d = &o.verdict;
+            match o.applied {
+                Applied::Kept | Applied::Planned => {}
+                Applied::Deleted => {
+                    println!(
+                        "deleted {} in {} ({build})",
+                        d.image.image_id, d.image.region
+                    )
+                }
+                Applied::Deprecated => {
+                    println!(
+                        "deprecated {} in {} ({build})",
+                        d.image.image_id, d.image.region
+                    )
+                }
+                Applied::Unsupported(note) => {
                     println!("kept {} in {}: {note}", d.image.image_id, d.image.region)
                 }
-                Err(e) => {
+                Applied::Failed(e) => {
                     failed += 1;
                     println!("failed {} in {}: {e}", d.image.image_id, d.image.region);
                 }

@@ -6,10 +6,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kiln::{
-    api::{ExecutorType, ImageBuild, ImagePolicy},
-    testenv::{ControlPlane, Moto, Options},
-};
+use kiln_testenv::{ControlPlane, Moto, Options};
+
+use crate::api::{ExecutorType, ImageBuild, ImagePolicy};
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams},
@@ -53,7 +52,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .await
         .context("starting moto (run `make setup`)")?;
     step("installing the CRDs");
-    kiln::crdgen::apply(&client, Duration::from_secs(30)).await?;
+    crate::crdgen::apply(&client, Duration::from_secs(30)).await?;
 
     let pid = std::process::id();
     std::fs::write(options.state_dir.join("pid"), pid.to_string())?;
@@ -137,7 +136,7 @@ fn start_controller(
     client: Client,
     state: &std::path::Path,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let config = kiln::controller::Config {
+    let config = crate::controller::Config {
         default_executor: ExecutorType::Process,
         runner_image: String::new(),
         runner_path: std::env::current_exe().context("locating the kiln binary")?,
@@ -147,10 +146,10 @@ fn start_controller(
         // The demo prints its own progress; Packer's lines go to a log.
         runner_env: vec![("RUST_LOG".into(), "warn".into())],
     };
-    let metrics = Arc::new(kiln::metrics::Metrics::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shutdown = kiln::controller::leader::shutdown_on_signal();
-    Ok(tokio::spawn(kiln::controller::run(
+    let shutdown = crate::controller::leader::shutdown_on_signal();
+    Ok(tokio::spawn(crate::controller::run(
         client, config, metrics, ready, shutdown,
     )))
 }
@@ -205,7 +204,7 @@ async fn apply_samples(client: &Client, endpoint: &str) -> anyhow::Result<()> {
 async fn wait_pruned(
     client: &Client,
     builds: usize,
-) -> anyhow::Result<Vec<kiln::api::ImageDecision>> {
+) -> anyhow::Result<Vec<crate::api::ImageDecision>> {
     let policies: Api<ImagePolicy> = Api::namespaced(client.clone(), NS);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut last = String::new();
@@ -281,20 +280,20 @@ async fn wait_ready(
 }
 
 async fn print_amis(moto: &Moto) -> anyhow::Result<()> {
-    let aws = moto.aws();
+    let aws = crate::provider::aws::Aws::for_emulator(moto.endpoint());
     let mut rows = Vec::new();
     for region in ["us-east-1", "eu-west-1"] {
         let out = aws
             .client(region)
             .await
             .describe_images()
-            .filters(kiln::provider::aws::tag_filter(
-                kiln::provider::tags::IMAGE_BUILD,
+            .filters(crate::provider::aws::tag_filter(
+                crate::provider::tags::IMAGE_BUILD,
                 BUILD,
             ))
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!(kiln::provider::aws::describe_error(&e)))?;
+            .map_err(|e| anyhow::anyhow!(crate::provider::aws::describe_error(&e)))?;
         for image in out.images() {
             let tag = |k: &str| {
                 image
@@ -309,7 +308,7 @@ async fn print_amis(moto: &Moto) -> anyhow::Result<()> {
                 region.to_owned(),
                 image.image_id().unwrap_or_default().to_owned(),
                 image.name().unwrap_or_default().to_owned(),
-                tag(kiln::provider::tags::BUILD_ID),
+                tag(crate::provider::tags::BUILD_ID),
             ]);
         }
     }

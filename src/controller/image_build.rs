@@ -1,4 +1,6 @@
-//! Reconciling one ImageBuild: dereference, decide (pure), act, update status.
+//! Reconciling one ImageBuild, in named steps, one call each: dereference
+//! (what runs, what the spec refers to), decide (pure), act, update status
+//! (pure, written only when it changed).
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,19 +11,21 @@ use kube::{
 };
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Context, Error, KILN_REQUESTED_AT, REQUESTED_AT, dereference, now};
+use super::{Context, Error, KILN_REQUESTED_AT, REQUESTED_AT, events, now};
 use crate::{
-    api::{CurrentBuild, ExecutorType, ImageBuild, ImageBuildStatus, condition::READY},
-    build::{
-        conditions,
-        decide::{self, Decision, Observation, RunState, Start},
-        identity::{job_name, spec_hash},
+    api::{CurrentBuild, ExecutorType, ImageBuild, ImageBuildStatus},
+    conditions::{self, READY, STALLED},
+    dereference::{self, Resolved},
+    executor::Launch,
+    image_build::{
+        decide::{self, BuildDecision, InputProblem, Inputs, Observation, RunState, Start},
+        identity::job_name,
         status,
     },
-    executor::Launch,
     metrics::BuildLabels,
     packer::runner::{BuildRequest, Outcome, RunnerResult},
     provider::{Owner, ProviderError},
+    reasons,
 };
 
 /// Reconciles an ImageBuild.
@@ -39,6 +43,134 @@ pub async fn reconcile(ib: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action,
     .await
 }
 
+async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error> {
+    let uid = ib.uid().ok_or(Error::Metadata("uid"))?;
+    let old = ib.status.clone().unwrap_or_default();
+    let now = now();
+
+    // 1. Dereference.
+    let (run, inputs) = dereference(ctx, ib, &old).await?;
+    // 2. Decide.
+    let decision = decide::decide(&Observation {
+        uid: &uid,
+        spec: &ib.spec,
+        status: &old,
+        requested_at: requested_at(ib),
+        inputs,
+        run,
+        now,
+    });
+    tracing::debug!(?decision, "decided");
+    // 3. Act.
+    let (new, action) = act(ctx, ib, &old, decision, now).await?;
+    // 4. Update status, only when it changed.
+    if old != new {
+        super::apply_status(ctx, ib, &new).await?;
+    }
+    Ok(action)
+}
+
+/// `reconcile.fluxcd.io/requestedAt`, or kiln's own spelling.
+fn requested_at(ib: &ImageBuild) -> Option<&str> {
+    let annotations = ib.annotations();
+    annotations
+        .get(REQUESTED_AT)
+        .or_else(|| annotations.get(KILN_REQUESTED_AT))
+        .map(String::as_str)
+}
+
+type Observed = (
+    Option<RunState>,
+    Option<Result<Inputs<Resolved>, InputProblem>>,
+);
+
+/// What the current build is doing, and the inputs unless it is still
+/// running: polling a build must not read Secrets, ConfigMaps and the parent
+/// every 15 seconds.
+async fn dereference(
+    ctx: &Context,
+    ib: &ImageBuild,
+    old: &ImageBuildStatus,
+) -> Result<Observed, Error> {
+    let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
+    let run = match &old.current_build {
+        Some(current) => Some(match current.executor {
+            ExecutorType::Process => ctx.process.observe(&current.build_id),
+            ExecutorType::Job => ctx.jobs.observe(&ns, &current.handle).await?,
+        }),
+        None => None,
+    };
+    let inputs = match run {
+        Some(RunState::Running) => None,
+        _ => Some(dereference::inputs(&ctx.client, ib).await?),
+    };
+    Ok((run, inputs))
+}
+
+/// Carries out a decision; returns the new status and when to look again.
+async fn act(
+    ctx: &Context,
+    ib: &ImageBuild,
+    old: &ImageBuildStatus,
+    decision: BuildDecision<Resolved>,
+    now: Timestamp,
+) -> Result<(ImageBuildStatus, Action), Error> {
+    let generation = ib.metadata.generation;
+    Ok(match decision {
+        BuildDecision::Start(start) => start_build(ctx, ib, old, start, now).await?,
+        BuildDecision::Wait(after) => (status::running(old, generation), Action::requeue(after)),
+        BuildDecision::TimedOut { current, message } => {
+            stop_build(ctx, ib, &current).await?;
+            finish_failed(ctx, ib, old, &current, &message, true, now).await
+        }
+        BuildDecision::Lost { current, message } => {
+            finish_failed(ctx, ib, old, &current, &message, true, now).await
+        }
+        BuildDecision::Finished {
+            current,
+            result,
+            inputs,
+        } => finish(ctx, ib, old, &current, result, &inputs, now).await?,
+        BuildDecision::RetryAt(at) => {
+            let wait = at
+                .duration_since(now)
+                .unsigned_abs()
+                .max(Duration::from_secs(1));
+            (
+                status::retry_scheduled(old, generation),
+                Action::requeue(wait),
+            )
+        }
+        BuildDecision::Stalled { reason, message } => {
+            // An Event on the transition only, not on every look.
+            if !conditions::is_true(&old.conditions, STALLED)
+                || conditions::get(&old.conditions, READY).is_none_or(|c| c.message != message)
+            {
+                warn!(reason, %message, "stalled");
+                publish(ctx, ib, EventType::Warning, reason, message.clone()).await;
+            }
+            (
+                status::stalled(old, reason, &message, generation, now),
+                Action::await_change(),
+            )
+        }
+        BuildDecision::Waiting { reason, message } => {
+            if conditions::get(&old.conditions, READY).is_none_or(|c| c.reason != reason) {
+                publish(ctx, ib, EventType::Warning, reason, message.clone()).await;
+            }
+            (
+                status::waiting(old, reason, &message, generation, now),
+                Action::requeue(decide::POLL_DEPENDENCY),
+            )
+        }
+        BuildDecision::Suspended => (status::suspended(old, generation), Action::await_change()),
+        BuildDecision::UpToDate => (
+            status::up_to_date(old, generation, now),
+            Action::requeue(decide::recheck_after(&ib.spec, now, ctx.config.resync)),
+        ),
+    })
+}
+
 fn executor_of(ib: &ImageBuild, ctx: &Context) -> ExecutorType {
     ib.spec
         .executor
@@ -46,273 +178,113 @@ fn executor_of(ib: &ImageBuild, ctx: &Context) -> ExecutorType {
         .map_or(ctx.config.default_executor, |e| e.type_)
 }
 
-async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error> {
-    let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
-    let uid = ib.uid().ok_or(Error::Metadata("uid"))?;
-    let generation = ib.metadata.generation;
-    let old = ib.status.clone().unwrap_or_default();
-    let now = now();
-
-    // 1. Dereference.
-    let run = match &old.current_build {
-        Some(current) => Some(observe(ctx, &ns, current).await?),
-        None => None,
-    };
-    // While a build runs, decide() looks only at it: polling it must not read
-    // Secrets, ConfigMaps and the parent every 15 seconds.
-    let resolved = match run {
-        Some(RunState::Running) => None,
-        _ => Some(dereference::resolve(&ctx.client, ib).await?),
-    };
-    let annotations = ib.annotations();
-    let requested_at = annotations
-        .get(REQUESTED_AT)
-        .or_else(|| annotations.get(KILN_REQUESTED_AT))
-        .map(String::as_str);
-    let hash = resolved.as_ref().map(|r| {
-        r.as_ref()
-            .map(|r| spec_hash(&ib.spec, &r.inputs))
-            .map_err(Clone::clone)
-    });
-
-    // 2. Decide.
-    let decision = decide::decide(&Observation {
-        uid: &uid,
-        spec: &ib.spec,
-        status: &old,
-        requested_at,
-        inputs: hash,
-        run,
-        now,
-    });
-    tracing::debug!(?decision, "decided");
-
-    // 3. Act.
-    let (new, action) = match decision {
-        Decision::Start(start) => {
-            let Some(Ok(resolved)) = resolved else {
-                // decide() only starts builds whose inputs resolved.
-                return Ok(Action::requeue(decide::POLL_DEPENDENCY));
-            };
-            match resolved
-                .provider
-                .check_regions(&ib.spec.provider.regions)
-                .await
-            {
-                Err(ProviderError::Invalid(message)) => (
-                    status::stalled(&old, "InvalidRegion", &message, generation, now),
-                    Action::await_change(),
-                ),
-                Err(other) => return Err(other.into()),
-                Ok(()) => {
-                    let executor = executor_of(ib, ctx);
-                    let launch = Launch {
-                        request: BuildRequest {
-                            build_id: start.build_id.clone(),
-                            namespace: ns.clone(),
-                            name: ib.name_any(),
-                            spec_hash: start.spec_hash.clone(),
-                            provider: ib.spec.provider.type_,
-                            regions: ib.spec.provider.regions.clone(),
-                            endpoint: ib.spec.provider.endpoint.clone(),
-                            template: resolved.inputs.template.clone(),
-                            variables: resolved.variables.clone(),
-                            timestamp: status::version_stamp(now),
-                        },
-                        secret_env: resolved.secret_env,
-                        timeout: decide::timeout(&ib.spec),
-                        service_account: ib
-                            .spec
-                            .executor
-                            .as_ref()
-                            .and_then(|e| e.service_account_name.clone()),
-                    };
-                    let parent_image = ib
-                        .spec
-                        .parent
-                        .as_ref()
-                        .and_then(|p| launch.request.variables.get(&p.variable).cloned());
-                    let handle = start_build(ctx, ib, executor, &start, &launch).await?;
-                    info!(build_id = %start.build_id, attempt = start.attempt, ?executor, %handle, scheduled_for = ?start.scheduled_for, "build started");
-                    ctx.metrics
-                        .builds_started
-                        .get_or_create(&BuildLabels {
-                            executor: executor_label(executor),
-                        })
-                        .inc();
-                    publish(
-                        ctx,
-                        ib,
-                        EventType::Normal,
-                        "BuildStarted",
-                        format!(
-                            "started build {} (attempt {}) as {handle}{}",
-                            start.build_id,
-                            start.attempt,
-                            start
-                                .scheduled_for
-                                .map(|at| format!(", scheduled by spec.schedule for {at}"))
-                                .unwrap_or_default()
-                        ),
-                    )
-                    .await;
-                    (
-                        status::started(
-                            &old,
-                            &start,
-                            executor,
-                            &handle,
-                            parent_image,
-                            generation,
-                            now,
-                        ),
-                        Action::requeue(decide::POLL_RUNNING),
-                    )
-                }
-            }
-        }
-        Decision::Wait(after) => (status::running(&old, generation), Action::requeue(after)),
-        Decision::TimedOut { message } => {
-            let current = current(&old)?;
-            stop_build(ctx, &ns, current).await?;
-            finish_failed(ctx, ib, &old, current, &message, true, now).await
-        }
-        Decision::Lost(message) => {
-            let current = current(&old)?;
-            finish_failed(ctx, ib, &old, current, &message, true, now).await
-        }
-        Decision::Finished(result) => {
-            let current = current(&old)?;
-            match resolved {
-                Some(Ok(r)) => {
-                    finish(
-                        ctx,
-                        ib,
-                        &old,
-                        current,
-                        result,
-                        r.provider.as_ref(),
-                        r.inputs.template_revision,
-                        now,
-                    )
-                    .await?
-                }
-                // The inputs vanished after the build started (a Secret was
-                // deleted): the images still have to be claimed, so wait.
-                // (They are always read for a finished build: `None` cannot occur.)
-                Some(Err(problem)) => {
-                    let message = format!(
-                        "build {} finished, but its inputs can no longer be read: {problem:?}",
-                        current.build_id
-                    );
-                    (
-                        status::waiting(&old, "DependencyNotFound", &message, generation, now),
-                        Action::requeue(decide::POLL_DEPENDENCY),
-                    )
-                }
-                None => (
-                    status::running(&old, generation),
-                    Action::requeue(decide::POLL_RUNNING),
-                ),
-            }
-        }
-        Decision::RetryAt(at) => {
-            let wait = at
-                .duration_since(now)
-                .unsigned_abs()
-                .max(Duration::from_secs(1));
-            (
-                status::retry_scheduled(&old, generation),
-                Action::requeue(wait),
-            )
-        }
-        Decision::Stalled { reason, message } => {
-            if !conditions::is_true(&old.conditions, crate::api::condition::STALLED)
-                || conditions::get(&old.conditions, READY).is_none_or(|c| c.message != message)
-            {
-                warn!(reason, %message, "stalled");
-                publish(ctx, ib, EventType::Warning, reason, message.clone()).await;
-            }
-            (
-                status::stalled(&old, reason, &message, generation, now),
-                Action::await_change(),
-            )
-        }
-        Decision::Waiting { reason, message } => {
-            if conditions::get(&old.conditions, READY).is_none_or(|c| c.reason != reason) {
-                publish(ctx, ib, EventType::Warning, reason, message.clone()).await;
-            }
-            (
-                status::waiting(&old, reason, &message, generation, now),
-                Action::requeue(decide::POLL_DEPENDENCY),
-            )
-        }
-        Decision::Suspended => (status::suspended(&old, generation), Action::await_change()),
-        Decision::UpToDate => (
-            status::up_to_date(&old, generation, now),
-            Action::requeue(decide::recheck_after(&ib.spec, now, ctx.config.resync)),
-        ),
-    };
-
-    // 4. Update status, only when it changed.
-    write_status(ctx, ib, &old, &new).await?;
-    Ok(action)
-}
-
-fn current(status: &ImageBuildStatus) -> Result<&CurrentBuild, Error> {
-    status
-        .current_build
-        .as_ref()
-        .ok_or(Error::Metadata("status.currentBuild"))
-}
-
-fn executor_label(e: ExecutorType) -> String {
-    match e {
-        ExecutorType::Job => "job".into(),
-        ExecutorType::Process => "process".into(),
+fn executor_label(e: ExecutorType) -> BuildLabels {
+    BuildLabels {
+        executor: match e {
+            ExecutorType::Job => "job".into(),
+            ExecutorType::Process => "process".into(),
+        },
     }
 }
 
-async fn observe(ctx: &Context, ns: &str, current: &CurrentBuild) -> Result<RunState, Error> {
-    Ok(match current.executor {
-        ExecutorType::Process => ctx.process.observe(&current.build_id),
-        ExecutorType::Job => ctx.jobs.observe(ns, &current.handle).await?,
-    })
-}
-
+/// Starts a build with its executor and records it as the current build.
 async fn start_build(
     ctx: &Context,
     ib: &ImageBuild,
-    executor: ExecutorType,
-    start: &Start,
-    launch: &Launch,
-) -> Result<String, Error> {
-    Ok(match executor {
+    old: &ImageBuildStatus,
+    start: Start<Resolved>,
+    now: Timestamp,
+) -> Result<(ImageBuildStatus, Action), Error> {
+    let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
+    let executor = executor_of(ib, ctx);
+    let resolved = &start.inputs;
+    let launch = Launch {
+        request: BuildRequest {
+            build_id: start.build_id.clone(),
+            namespace: ns,
+            name: ib.name_any(),
+            spec_hash: start.spec_hash.clone(),
+            provider: ib.spec.provider.type_,
+            regions: ib.spec.provider.regions.clone(),
+            endpoint: ib.spec.provider.endpoint.clone(),
+            template: resolved.inputs.template.clone(),
+            variables: resolved.variables.clone(),
+            timestamp: status::version_stamp(now),
+        },
+        secret_env: resolved.secret_env.clone(),
+        timeout: decide::timeout(&ib.spec),
+        service_account: ib
+            .spec
+            .executor
+            .as_ref()
+            .and_then(|e| e.service_account_name.clone()),
+    };
+    let parent_image = ib
+        .spec
+        .parent
+        .as_ref()
+        .and_then(|p| launch.request.variables.get(&p.variable).cloned());
+    let handle = match executor {
         ExecutorType::Job => {
             ctx.jobs
-                .start(ib, &job_name(&ib.name_any(), &start.build_id), launch)
+                .start(ib, &job_name(&ib.name_any(), &start.build_id), &launch)
                 .await?
         }
         ExecutorType::Process => {
             let tx = ctx.finished.clone();
             let obj = ObjectRef::from_obj(ib);
             ctx.process.start(
-                launch,
+                &launch,
                 Arc::new(move |_| {
                     let _ = tx.send(obj.clone());
                 }),
             )?
         }
-    })
+    };
+    info!(build_id = %start.build_id, attempt = start.attempt, ?executor, %handle, scheduled_for = ?start.scheduled_for, "build started");
+    ctx.metrics
+        .builds_started
+        .get_or_create(&executor_label(executor))
+        .inc();
+    let scheduled = start
+        .scheduled_for
+        .map(|at| format!(", scheduled by spec.schedule for {at}"))
+        .unwrap_or_default();
+    publish(
+        ctx,
+        ib,
+        EventType::Normal,
+        reasons::BUILD_STARTED,
+        format!(
+            "started build {} (attempt {}) as {handle}{scheduled}",
+            start.build_id, start.attempt,
+        ),
+    )
+    .await;
+    Ok((
+        status::started(
+            old,
+            &start,
+            executor,
+            &handle,
+            parent_image,
+            ib.metadata.generation,
+            now,
+        ),
+        Action::requeue(decide::POLL_RUNNING),
+    ))
 }
 
-async fn stop_build(ctx: &Context, ns: &str, current: &CurrentBuild) -> Result<(), Error> {
+async fn stop_build(ctx: &Context, ib: &ImageBuild, current: &CurrentBuild) -> Result<(), Error> {
     match current.executor {
         ExecutorType::Process => ctx.process.stop(
             &current.build_id,
             "the build exceeded its timeout and was stopped",
         ),
-        ExecutorType::Job => ctx.jobs.stop(ns, &current.handle).await?,
+        ExecutorType::Job => {
+            let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
+            ctx.jobs.stop(&ns, &current.handle).await?;
+        }
     }
     Ok(())
 }
@@ -323,95 +295,83 @@ fn forget(ctx: &Context, current: &CurrentBuild) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Records a finished build: a success once the provider verified and
+/// claimed its images.
 async fn finish(
     ctx: &Context,
     ib: &ImageBuild,
     old: &ImageBuildStatus,
     current: &CurrentBuild,
     result: RunnerResult,
-    provider: &dyn crate::provider::ImageProvider,
-    template_revision: Option<String>,
+    inputs: &Resolved,
     now: Timestamp,
 ) -> Result<(ImageBuildStatus, Action), Error> {
-    match result.outcome {
-        Outcome::Invalid => Ok(finish_failed(
-            ctx,
-            ib,
-            old,
-            current,
-            result
-                .message
-                .as_deref()
-                .unwrap_or("packer validate failed"),
-            false,
-            now,
-        )
-        .await),
-        Outcome::Failed => Ok(finish_failed(
-            ctx,
-            ib,
-            old,
-            current,
-            result.message.as_deref().unwrap_or("packer build failed"),
-            true,
-            now,
-        )
-        .await),
-        Outcome::Succeeded => {
-            let owner = Owner {
-                namespace: ib.namespace().unwrap_or_default(),
-                image_build: ib.name_any(),
-                build_id: current.build_id.clone(),
-                spec_hash: current.spec_hash.clone(),
-            };
-            match provider.claim(&result.artifacts, &owner).await {
-                Ok(note) => {
-                    forget(ctx, current);
-                    let labels = BuildLabels {
-                        executor: executor_label(current.executor),
-                    };
-                    ctx.metrics.builds_succeeded.get_or_create(&labels).inc();
-                    ctx.metrics
-                        .build_duration
-                        .observe(now.duration_since(current.started_at.0).as_secs_f64());
-                    let ids: Vec<String> = result
-                        .artifacts
-                        .iter()
-                        .map(|a| format!("{}={}", a.region, a.image_id))
-                        .collect();
-                    let mut message =
-                        format!("build {} produced {}", current.build_id, ids.join(", "));
-                    if let Some(note) = note {
-                        message = format!("{message} ({note})");
-                    }
-                    info!(build_id = %current.build_id, images = %ids.join(", "), "build succeeded");
-                    publish(ctx, ib, EventType::Normal, "BuildSucceeded", message).await;
-                    let s = status::succeeded(
-                        old,
-                        current,
-                        result.artifacts,
-                        template_revision,
-                        ib.metadata.generation,
-                        now,
-                    );
-                    Ok((s, Action::requeue(Duration::from_secs(1))))
-                }
-                // Unreachable provider: keep the finished build and try again.
-                Err(e @ ProviderError::Api { .. }) => Err(e.into()),
-                Err(e) => Ok(finish_failed(
-                    ctx,
-                    ib,
-                    old,
-                    current,
-                    &format!("verifying the images failed: {e}"),
-                    true,
-                    now,
-                )
-                .await),
-            }
+    let RunnerResult {
+        outcome,
+        artifacts,
+        message,
+        ..
+    } = result;
+    match outcome {
+        Outcome::Invalid => {
+            let message = message.as_deref().unwrap_or("packer validate failed");
+            return Ok(finish_failed(ctx, ib, old, current, message, false, now).await);
         }
+        Outcome::Failed => {
+            let message = message.as_deref().unwrap_or("packer build failed");
+            return Ok(finish_failed(ctx, ib, old, current, message, true, now).await);
+        }
+        Outcome::Succeeded => {}
     }
+    let owner = Owner {
+        namespace: ib.namespace().unwrap_or_default(),
+        image_build: ib.name_any(),
+        build_id: current.build_id.clone(),
+        spec_hash: current.spec_hash.clone(),
+    };
+    let note = match inputs.provider.claim(&artifacts, &owner).await {
+        Ok(note) => note,
+        // Unreachable provider: keep the finished build and try again.
+        Err(e @ ProviderError::Api { .. }) => return Err(e.into()),
+        Err(e) => {
+            let message = format!("verifying the images failed: {e}");
+            return Ok(finish_failed(ctx, ib, old, current, &message, true, now).await);
+        }
+    };
+    forget(ctx, current);
+    ctx.metrics
+        .builds_succeeded
+        .get_or_create(&executor_label(current.executor))
+        .inc();
+    ctx.metrics
+        .build_duration
+        .observe(now.duration_since(current.started_at.0).as_secs_f64());
+    let ids: Vec<String> = artifacts
+        .iter()
+        .map(|a| format!("{}={}", a.region, a.image_id))
+        .collect();
+    let mut message = format!("build {} produced {}", current.build_id, ids.join(", "));
+    if let Some(note) = note {
+        message = format!("{message} ({note})");
+    }
+    info!(build_id = %current.build_id, images = %ids.join(", "), "build succeeded");
+    publish(
+        ctx,
+        ib,
+        EventType::Normal,
+        reasons::BUILD_SUCCEEDED,
+        message,
+    )
+    .await;
+    let s = status::succeeded(
+        old,
+        current,
+        artifacts,
+        inputs.inputs.template_revision.clone(),
+        ib.metadata.generation,
+        now,
+    );
+    Ok((s, Action::requeue(Duration::from_secs(1))))
 }
 
 async fn finish_failed(
@@ -424,10 +384,10 @@ async fn finish_failed(
     now: Timestamp,
 ) -> (ImageBuildStatus, Action) {
     forget(ctx, current);
-    let labels = BuildLabels {
-        executor: executor_label(current.executor),
-    };
-    ctx.metrics.builds_failed.get_or_create(&labels).inc();
+    ctx.metrics
+        .builds_failed
+        .get_or_create(&executor_label(current.executor))
+        .inc();
     ctx.metrics
         .build_duration
         .observe(now.duration_since(current.started_at.0).as_secs_f64());
@@ -443,23 +403,11 @@ async fn finish_failed(
     );
     let note = conditions::get(&s.conditions, READY)
         .map_or_else(|| message.to_owned(), |c| c.message.clone());
-    publish(ctx, ib, EventType::Warning, "BuildFailed", note).await;
+    publish(ctx, ib, EventType::Warning, reasons::BUILD_FAILED, note).await;
     // The next reconcile schedules the retry or reports the stall.
     (s, Action::requeue(Duration::from_secs(1)))
 }
 
 async fn publish(ctx: &Context, ib: &ImageBuild, type_: EventType, reason: &str, note: String) {
-    super::publish(ctx, ib, type_, reason, "Reconcile", note, None).await;
-}
-
-async fn write_status(
-    ctx: &Context,
-    ib: &ImageBuild,
-    old: &ImageBuildStatus,
-    new: &ImageBuildStatus,
-) -> Result<(), Error> {
-    if old == new {
-        return Ok(());
-    }
-    super::apply_status(ctx, ib, new).await
+    events::publish(ctx, ib, type_, reason, "Reconcile", note, None).await;
 }

@@ -1,10 +1,11 @@
 //! The controller: a kube-runtime `Controller` over ImageBuilds, with the
 //! clients, event recorder, executors and metrics in one [`Context`].
 
-pub mod dereference;
+mod events;
 mod image_build;
-pub mod image_policy;
+mod image_policy;
 pub mod leader;
+pub mod startup;
 
 use std::{
     path::PathBuf,
@@ -32,12 +33,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{ExecutorType, ImageBuild, ImagePolicy},
+    dereference::DereferenceError,
     executor::{ExecutorError, job::JobExecutor, process::ProcessExecutor},
     metrics::Metrics,
     provider::ProviderError,
+    retention::{RetentionError, selects},
 };
 
 pub use image_build::reconcile;
+pub use image_policy::reconcile as reconcile_policy;
 
 pub use crate::crdgen::FIELD_MANAGER;
 /// Annotation that forces a rebuild, Flux's convention.
@@ -97,6 +101,12 @@ pub enum Error {
     /// The provider could not be reached.
     #[error("provider: {0}")]
     Provider(#[from] ProviderError),
+    /// Reading an ImageBuild's inputs failed.
+    #[error(transparent)]
+    Dereference(#[from] DereferenceError),
+    /// Evaluating an ImagePolicy failed.
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
     /// The object lacks metadata the apiserver always sets.
     #[error("object has no {0}")]
     Metadata(&'static str),
@@ -108,9 +118,17 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Executor(_) => "executor",
-            Error::Provider(_) => "provider",
-            Error::Metadata(_) => "metadata",
+            Error::Provider(_) | Error::Dereference(DereferenceError::Provider(_)) => "provider",
+            Error::Dereference(DereferenceError::Kube(_))
+            | Error::Retention(RetentionError::List(_) | RetentionError::Dereference(_)) => "kube",
+            Error::Metadata(_) | Error::Dereference(DereferenceError::Metadata(_)) => "metadata",
         }
+    }
+
+    /// A 409 Conflict: the object changed since the reconcile read it. An
+    /// expected race, retried on fresh data.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
     }
 }
 
@@ -121,14 +139,16 @@ fn retry_after<K: kube::Resource<DynamicType = ()>>(
     ctx: &Context,
     after: Duration,
 ) -> Action {
+    let kind = K::kind(&());
+    let namespace = obj.meta().namespace.as_deref().unwrap_or_default();
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    if error.is_conflict() {
+        ctx.metrics.error("conflict");
+        tracing::debug!(%kind, namespace, name, "status changed meanwhile (409); reconciling again");
+        return Action::requeue(Duration::from_secs(1));
+    }
     ctx.metrics.error(error.kind());
-    tracing::warn!(
-        kind = %K::kind(&()),
-        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
-        name = obj.meta().name.as_deref().unwrap_or_default(),
-        %error,
-        "reconcile failed; retrying"
-    );
+    tracing::warn!(%kind, namespace, name, %error, "reconcile failed; retrying");
     Action::requeue(after)
 }
 
@@ -213,7 +233,7 @@ pub async fn run(
             store
                 .state()
                 .iter()
-                .filter(|p| p.metadata.namespace == ns && image_policy::selects(&p.spec, &ib))
+                .filter(|p| p.metadata.namespace == ns && selects(&p.spec, &ib))
                 .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         })
@@ -253,29 +273,6 @@ fn what_policies_read(ib: &ImageBuild) -> Option<u64> {
 pub(crate) fn now() -> jiff::Timestamp {
     let now = jiff::Timestamp::now();
     jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
-}
-
-/// Publishes an Event about `obj`; a failure to publish is logged, not fatal.
-pub(crate) async fn publish<K: kube::Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    type_: kube::runtime::events::EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-    related: Option<k8s_openapi::api::core::v1::ObjectReference>,
-) {
-    let event = kube::runtime::events::Event {
-        type_,
-        reason: reason.to_owned(),
-        // The Events API caps notes at 1 KiB.
-        note: Some(crate::packer::runner::tail(&note, 1000)),
-        action: action.to_owned(),
-        secondary: related,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not publish an Event");
-    }
 }
 
 /// Server-side applies `status` to `obj`'s status subresource. The

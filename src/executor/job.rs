@@ -22,7 +22,7 @@ use kube::{
 use super::{ExecutorError, Launch};
 use crate::{
     api::ImageBuild,
-    build::decide::RunState,
+    image_build::run::RunState,
     packer::runner::{REQUEST_ENV, RunnerResult, SECRET_ENV},
 };
 

@@ -16,7 +16,7 @@ use tokio::{process::Command, sync::oneshot};
 
 use super::{ExecutorError, Launch};
 use crate::{
-    build::decide::RunState,
+    image_build::run::RunState,
     packer::runner::{REQUEST_ENV, RunnerResult, SECRET_ENV},
 };
 

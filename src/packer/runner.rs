@@ -23,7 +23,8 @@ use super::{
     declared_variables,
     machine_readable::Summary,
 };
-use crate::api::{ProviderType, RegionArtifact};
+use crate::api::ProviderType;
+pub use kiln_core::image_build::run::{Outcome, RunnerResult};
 
 /// Environment variable carrying the [`BuildRequest`] as JSON.
 pub const REQUEST_ENV: &str = "KILN_BUILD_REQUEST";
@@ -82,37 +83,6 @@ impl BuildRequest {
         }
         vars
     }
-}
-
-/// How a run ended.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Packer built the images.
-    Succeeded,
-    /// `packer validate` refused the template or its variables: the user must
-    /// change something, retrying is pointless.
-    Invalid,
-    /// `packer build` (or init) failed; a retry may succeed.
-    Failed,
-}
-
-/// The runner's report, small enough for a termination message.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RunnerResult {
-    /// The build it ran.
-    pub build_id: String,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Images per region.
-    #[serde(default)]
-    pub artifacts: Vec<RegionArtifact>,
-    /// Last error lines, secrets redacted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Packer's version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packer_version: Option<String>,
 }
 
 /// Replaces secret values in text.
@@ -180,6 +150,39 @@ pub enum RunnerError {
     /// Local I/O.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// The build request is missing or unreadable.
+    #[error("{0}")]
+    Request(String),
+}
+
+/// `kiln runner`: runs the build described by `$KILN_BUILD_REQUEST` and writes
+/// the result to `result_file` (a Job's termination log), redacting every
+/// secret the environment carries. A failed build is a result, not an error.
+pub async fn run_from_env(
+    options: &RunnerOptions,
+    result_file: &Path,
+) -> Result<RunnerResult, RunnerError> {
+    let raw = std::env::var(REQUEST_ENV)
+        .map_err(|_| RunnerError::Request(format!("{REQUEST_ENV} is not set")))?;
+    let request: BuildRequest = serde_json::from_str(&raw)
+        .map_err(|e| RunnerError::Request(format!("{REQUEST_ENV} is not a build request: {e}")))?;
+    let redactor = Redactor::from_env();
+    let result = match run(&request, options, &redactor).await {
+        Ok(result) => result,
+        Err(e) => RunnerResult {
+            build_id: request.build_id.clone(),
+            outcome: Outcome::Failed,
+            artifacts: vec![],
+            message: Some(redactor.redact(&e.to_string())),
+            packer_version: None,
+        },
+    };
+    let json = serde_json::to_vec(&result)
+        .map_err(|e| RunnerError::Request(format!("encoding the result: {e}")))?;
+    std::fs::write(result_file, json)
+        .map_err(|e| RunnerError::Io(format!("writing {}", result_file.display()), e))?;
+    tracing::info!(build_id = %result.build_id, outcome = ?result.outcome, "runner finished");
+    Ok(result)
 }
 
 /// Runs one build and reports what happened. Packer failures are results, not

@@ -16,7 +16,8 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 
 use super::{ImageProvider, Owner, ProviderError};
-use crate::{api::RegionArtifact, retention::ImageInfo};
+use crate::api::RegionArtifact;
+use kiln_core::retention::ImageInfo;
 
 /// Credentials read from the ImageBuild's Secret.
 #[derive(Clone)]
@@ -411,6 +412,21 @@ impl ImageProvider for Aws {
     }
 }
 
+impl Aws {
+    /// A provider for an EC2 emulator (moto) at `endpoint`, which takes any
+    /// credentials: the tests, the benchmark and the demo use it.
+    pub fn for_emulator(endpoint: &str) -> Aws {
+        Aws::new(
+            Some(endpoint.to_owned()),
+            Some(StaticCredentials {
+                access_key_id: "testing".into(),
+                secret_access_key: "testing".into(),
+                session_token: None,
+            }),
+        )
+    }
+}
+
 /// A filter on one tag, for listing owned images.
 pub fn tag_filter(key: &str, value: &str) -> Filter {
     Filter::builder()
@@ -448,6 +464,8 @@ fn image_info(region: &str, image: &aws_sdk_ec2::types::Image) -> Option<ImageIn
         region: region.to_owned(),
         image_id,
         created_at,
+        owner: super::tags::owner(&tags),
+        keep: tags.contains_key(super::tags::KEEP),
         tags,
         deprecated,
         snapshots,

@@ -7,7 +7,8 @@ use futures::future::BoxFuture;
 
 use jiff::Timestamp;
 
-use crate::{api::RegionArtifact, retention::ImageInfo};
+use crate::api::RegionArtifact;
+use kiln_core::retention::ImageInfo;
 
 /// Tag keys kiln puts on every image (and snapshot) it makes. Retention only
 /// ever touches images that carry them.
@@ -24,6 +25,19 @@ pub mod tags {
     pub const SPEC_HASH: &str = "kiln.dev/spec-hash";
     /// Set (to anything) by a user to protect an image from retention.
     pub const KEEP: &str = "kiln.dev/keep";
+
+    use std::collections::BTreeMap;
+
+    use kiln_core::retention::ImageOwner;
+
+    /// The owner kiln wrote into an image's tags, if it did.
+    pub fn owner(tags: &BTreeMap<String, String>) -> Option<ImageOwner> {
+        Some(ImageOwner {
+            namespace: tags.get(NAMESPACE)?.clone(),
+            image_build: tags.get(IMAGE_BUILD)?.clone(),
+            build_id: tags.get(BUILD_ID).cloned().unwrap_or_default(),
+        })
+    }
 }
 
 /// Who owns an image.

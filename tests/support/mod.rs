@@ -10,10 +10,8 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kiln::{
-    api::ImageBuild,
-    testenv::{ControlPlane, Moto, Options},
-};
+use kiln::api::ImageBuild;
+use kiln_testenv::{ControlPlane, Moto, Options};
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -160,7 +158,7 @@ impl Env {
     }
 
     pub fn ec2(&self) -> kiln::provider::aws::Aws {
-        self.moto.aws()
+        kiln::provider::aws::Aws::for_emulator(self.moto.endpoint())
     }
 }
 

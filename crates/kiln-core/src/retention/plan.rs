@@ -18,10 +18,7 @@ use std::{
 
 use jiff::Timestamp;
 
-use crate::{
-    api::RetentionAction,
-    provider::tags::{IMAGE_BUILD, KEEP, NAMESPACE},
-};
+use crate::api::RetentionAction;
 
 /// An image at the provider, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,7 +29,13 @@ pub struct ImageInfo {
     pub image_id: String,
     /// Creation time.
     pub created_at: Timestamp,
-    /// Tags (labels, metadata) of the image.
+    /// The owner kiln recorded on the image, as the provider decoded it from
+    /// its own tags, labels or properties; `None` when kiln did not make it.
+    pub owner: Option<ImageOwner>,
+    /// A person marked the image to be kept (on AWS, the `kiln.dev/keep` tag).
+    pub keep: bool,
+    /// The image's tags (labels, metadata) as users see them, for
+    /// `protect.tags`.
     pub tags: BTreeMap<String, String>,
     /// Already deprecated at the provider.
     pub deprecated: bool,
@@ -40,12 +43,24 @@ pub struct ImageInfo {
     pub snapshots: Vec<String>,
 }
 
+/// Who made an image, as kiln recorded it at the provider.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImageOwner {
+    /// Namespace of the ImageBuild.
+    pub namespace: String,
+    /// Name of the ImageBuild.
+    pub image_build: String,
+    /// The build that made the image.
+    pub build_id: String,
+}
+
 impl ImageInfo {
-    /// The build ID kiln tagged it with.
+    /// The build ID kiln recorded on it.
     pub fn build_id(&self) -> Option<&str> {
-        self.tags
-            .get(crate::provider::tags::BUILD_ID)
-            .map(String::as_str)
+        self.owner
+            .as_ref()
+            .map(|o| o.build_id.as_str())
+            .filter(|b| !b.is_empty())
     }
 }
 
@@ -81,7 +96,7 @@ pub struct Protection {
 
 /// The decision for one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct ImageVerdict {
     /// The image.
     pub image: ImageInfo,
     /// What to do.
@@ -136,13 +151,14 @@ pub fn plan(
     rules: &Rules,
     protection: &Protection,
     now: Timestamp,
-) -> Result<Vec<Decision>, PlanError> {
+) -> Result<Vec<ImageVerdict>, PlanError> {
     if rules.keep_last == 0 {
         return Err(PlanError::KeepLastZero);
     }
     let owned = |i: &&ImageInfo| {
-        i.tags.get(NAMESPACE).map(String::as_str) == Some(namespace)
-            && i.tags.get(IMAGE_BUILD).map(String::as_str) == Some(name)
+        i.owner
+            .as_ref()
+            .is_some_and(|o| o.namespace == namespace && o.image_build == name)
     };
     let mut by_region: BTreeMap<&str, Vec<&ImageInfo>> = BTreeMap::new();
     for image in images.iter().filter(owned) {
@@ -164,7 +180,7 @@ pub fn plan(
         list.dedup_by(|a, b| a.image_id == b.image_id);
         let start = out.len();
         for (i, image) in list.iter().enumerate() {
-            let (action, reason) = decide(
+            let (action, reason) = verdict(
                 image,
                 i,
                 i.checked_sub(1).map(|newer| list[newer]),
@@ -172,7 +188,7 @@ pub fn plan(
                 protection,
                 now,
             );
-            out.push(Decision {
+            out.push(ImageVerdict {
                 image: (*image).clone(),
                 action,
                 reason,
@@ -191,7 +207,7 @@ pub fn plan(
     Ok(out)
 }
 
-fn decide(
+fn verdict(
     image: &ImageInfo,
     index: usize,
     newer: Option<&ImageInfo>,
@@ -206,8 +222,8 @@ fn decide(
     if let Some(child) = protection.in_use.get(&image.image_id) {
         return (Keep, format!("source image of ImageBuild {child}"));
     }
-    if image.tags.contains_key(KEEP) {
-        return (Keep, format!("protected by the {KEEP} tag"));
+    if image.keep {
+        return (Keep, "marked keep at the provider".into());
     }
     if let Some((k, v)) = rules
         .protected_tags
@@ -278,20 +294,17 @@ mod tests {
     const NAME: &str = "base";
 
     fn image(region: &str, id: &str, minutes_ago: i64, owned: bool) -> ImageInfo {
-        let mut tags = BTreeMap::new();
-        if owned {
-            tags.insert(NAMESPACE.to_owned(), NS.to_owned());
-            tags.insert(IMAGE_BUILD.to_owned(), NAME.to_owned());
-            tags.insert(
-                crate::provider::tags::BUILD_ID.to_owned(),
-                format!("b-{id}"),
-            );
-        }
         ImageInfo {
             region: region.into(),
             image_id: id.into(),
             created_at: now() - jiff::SignedDuration::from_mins(minutes_ago),
-            tags,
+            owner: owned.then(|| ImageOwner {
+                namespace: NS.into(),
+                image_build: NAME.into(),
+                build_id: format!("b-{id}"),
+            }),
+            keep: false,
+            tags: BTreeMap::new(),
             deprecated: false,
             snapshots: vec![],
         }
@@ -308,7 +321,7 @@ mod tests {
         }
     }
 
-    fn actions(plan: &[Decision]) -> Vec<(&str, RetentionAction)> {
+    fn actions(plan: &[ImageVerdict]) -> Vec<(&str, RetentionAction)> {
         plan.iter()
             .map(|d| (d.image.image_id.as_str(), d.action))
             .collect()
@@ -341,9 +354,9 @@ mod tests {
             image("us-east-1", "ami-x", 100, false),
         ];
         let mut other = image("us-east-1", "ami-y", 200, true);
-        other
-            .tags
-            .insert(IMAGE_BUILD.to_owned(), "another-build".into());
+        if let Some(o) = other.owner.as_mut() {
+            o.image_build = "another-build".into();
+        }
         images.push(other);
         let p = plan(NS, NAME, &images, &rules(1), &Protection::default(), now()).expect("plan");
         assert_eq!(actions(&p), vec![("ami-0", RetentionAction::Keep)]);
@@ -406,7 +419,7 @@ mod tests {
     #[test]
     fn protections_win() {
         let mut tagged = image("r", "ami-tag", 500, true);
-        tagged.tags.insert(KEEP.to_owned(), "true".into());
+        tagged.keep = true;
         let images = vec![
             image("r", "ami-0", 0, true),
             tagged,
@@ -446,7 +459,7 @@ mod tests {
     prop_compose! {
         fn arb_image()(region in 0..3u8, id in 0..40u16, minutes in 0..10_000i64, owned in prop::bool::weighted(0.8), keep in prop::bool::weighted(0.1), deprecated in any::<bool>()) -> ImageInfo {
             let mut i = image(&format!("region-{region}"), &format!("ami-{id:04}"), minutes, owned);
-            if keep { i.tags.insert(KEEP.to_owned(), "yes".into()); }
+            i.keep = keep;
             i.deprecated = deprecated;
             i
         }
@@ -485,7 +498,7 @@ mod tests {
             reversed.reverse();
             prop_assert_eq!(&p, &plan(NS, NAME, &reversed, &rules, &protection, now()).expect("plan"));
 
-            let owned = |i: &ImageInfo| i.tags.get(NAMESPACE).map(String::as_str) == Some(NS) && i.tags.get(IMAGE_BUILD).map(String::as_str) == Some(NAME);
+            let owned = |i: &ImageInfo| i.owner.as_ref().is_some_and(|o| o.namespace == NS && o.image_build == NAME);
             for d in &p {
                 // Nothing without kiln's owner tags is in the plan.
                 prop_assert!(owned(&d.image));
@@ -494,7 +507,7 @@ mod tests {
                     prop_assert!(!protection.latest.contains(&d.image.image_id));
                     prop_assert!(!protection.in_use.contains_key(&d.image.image_id));
                     prop_assert!(!rules.pinned_images.contains(&d.image.image_id));
-                    prop_assert!(!d.image.tags.contains_key(KEEP));
+                    prop_assert!(!d.image.keep);
                 }
                 if d.action == RetentionAction::Delete
                     && let Some(min) = rules.min_age

@@ -98,7 +98,8 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver (and kube-controller-manager when asked)
     /// and waits until the apiserver reports ready.
     pub async fn start(options: Options) -> Result<Self, Error> {
-        crate::install_crypto_provider();
+        // kube uses ring; a process that also links aws-lc-rs must pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let assets = match options.assets.clone() {
             Some(dir) => dir,
             None => find_assets().await?,
@@ -412,7 +413,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-    crate::child::die_with_parent(&mut cmd);
+    die_with_parent(&mut cmd);
     cmd.spawn()
         .map_err(io(format!("starting {}", bin.display())))
 }
@@ -606,18 +607,6 @@ impl Moto {
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
-
-    /// kiln's EC2 provider for this endpoint (moto takes any credentials).
-    pub fn aws(&self) -> crate::provider::aws::Aws {
-        crate::provider::aws::Aws::new(
-            Some(self.endpoint.clone()),
-            Some(crate::provider::aws::StaticCredentials {
-                access_key_id: "testing".into(),
-                secret_access_key: "testing".into(),
-                session_token: None,
-            }),
-        )
-    }
 }
 
 impl Drop for Moto {
@@ -637,4 +626,16 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .unwrap_or_default()
         .into_iter()
         .find(|p| p.is_file())
+}
+
+/// Asks the kernel to SIGTERM a child when the thread that spawned it dies,
+/// so a killed test leaves no apiserver or etcd running on.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
 }

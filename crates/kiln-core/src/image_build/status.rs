@@ -4,10 +4,14 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{conditions, decide::Start};
+use super::decide::Start;
 use crate::api::{
     BuildPhase, BuildRecord, BuildResult, CurrentBuild, ExecutorType, FailureRecord,
     ImageBuildSpec, ImageBuildStatus, ImageRecord, RegionArtifact,
+};
+use crate::{
+    conditions::{ConditionStatus, Progress, Report},
+    reasons,
 };
 
 /// Builds kept in `status.history`.
@@ -31,21 +35,19 @@ fn progressing(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    conditions::progress(
-        &mut s.conditions,
-        "Unknown",
-        reason,
+    Report {
+        ready: ConditionStatus::Unknown,
         reason,
         message,
-        generation,
-        Time(now),
-    );
+        progress: Progress::Reconciling(reason),
+    }
+    .apply(&mut s.conditions, generation, Time(now));
 }
 
 /// A build was started (or adopted).
-pub fn started(
+pub fn started<I>(
     status: &ImageBuildStatus,
-    start: &Start,
+    start: &Start<I>,
     executor: ExecutorType,
     handle: &str,
     parent_image: Option<String>,
@@ -68,7 +70,7 @@ pub fn started(
     }
     s.phase = Some(BuildPhase::Building);
     let message = format!("building {} (attempt {})", start.build_id, start.attempt);
-    progressing(&mut s, "Building", &message, generation, now);
+    progressing(&mut s, reasons::BUILDING, &message, generation, now);
     s
 }
 
@@ -152,15 +154,13 @@ fn up_to_date_conditions(s: &mut ImageBuildStatus, generation: Option<i64>, now:
             ids.join(", ")
         )
     });
-    conditions::settle(
-        &mut s.conditions,
-        "True",
-        "Succeeded",
-        &message,
-        false,
-        generation,
-        Time(now),
-    );
+    Report {
+        ready: ConditionStatus::True,
+        reason: reasons::SUCCEEDED,
+        message: &message,
+        progress: Progress::Settled,
+    }
+    .apply(&mut s.conditions, generation, Time(now));
 }
 
 /// A build failed: schedule a retry, or stall when retrying cannot help or the
@@ -213,20 +213,18 @@ pub fn failed(
                 "attempt {} of build {} failed; retrying at {at}: {message}",
                 current.attempt, current.build_key
             );
-            conditions::progress(
-                &mut s.conditions,
-                "False",
-                "BuildFailed",
-                "RetryScheduled",
-                &text,
-                generation,
-                Time(now),
-            );
+            Report {
+                ready: ConditionStatus::False,
+                reason: reasons::BUILD_FAILED,
+                message: &text,
+                progress: Progress::Reconciling(reasons::RETRY_SCHEDULED),
+            }
+            .apply(&mut s.conditions, generation, Time(now));
         }
-        None if !retryable => stall(&mut s, "BuildInvalid", message, generation, now),
+        None if !retryable => stall(&mut s, reasons::BUILD_INVALID, message, generation, now),
         None => stall(
             &mut s,
-            "RetriesExhausted",
+            reasons::RETRIES_EXHAUSTED,
             &format!(
                 "gave up after {failed_attempts} failed attempts; fix the cause, then change the spec or set the reconcile.fluxcd.io/requestedAt annotation to try again. Last error: {message}"
             ),
@@ -244,15 +242,13 @@ fn stall(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    conditions::settle(
-        &mut s.conditions,
-        "False",
+    Report {
+        ready: ConditionStatus::False,
         reason,
         message,
-        true,
-        generation,
-        Time(now),
-    );
+        progress: Progress::Stalled,
+    }
+    .apply(&mut s.conditions, generation, Time(now));
 }
 
 /// The user must act.
@@ -281,15 +277,13 @@ pub fn waiting(
 ) -> ImageBuildStatus {
     let mut s = base(status, generation);
     s.phase = Some(BuildPhase::Pending);
-    conditions::progress(
-        &mut s.conditions,
-        "False",
-        reason,
+    Report {
+        ready: ConditionStatus::False,
         reason,
         message,
-        generation,
-        Time(now),
-    );
+        progress: Progress::Reconciling(reason),
+    }
+    .apply(&mut s.conditions, generation, Time(now));
     s
 }
 

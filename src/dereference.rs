@@ -1,4 +1,5 @@
-//! Step 1 of a reconcile: read what an ImageBuild refers to.
+//! Step 1 of an ImageBuild reconcile: read what it refers to (template,
+//! variables, credentials, parent) and check its regions at the provider.
 //!
 //! Missing objects are `InputProblem::Missing` (wait for them), objects that
 //! exist but cannot work are `InputProblem::Invalid` (the user must act);
@@ -10,18 +11,41 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use super::Error;
+use std::sync::Arc;
+
 use crate::{
     api::{ImageBuild, ProviderType, VariablesFromKind},
-    build::{decide::InputProblem, identity::ResolvedInputs},
     executor::SecretEnv,
+    image_build::{
+        decide::{InputProblem, Inputs},
+        identity::{ResolvedInputs, spec_hash},
+    },
     provider::{
-        ImageProvider, Unverified,
+        ImageProvider, ProviderError, Unverified,
         aws::{self, Aws, StaticCredentials},
     },
+    reasons,
 };
 
+/// Why dereferencing failed; a missing or unusable input is not an error
+/// but an [`InputProblem`], which the decision reports.
+#[derive(Debug, thiserror::Error)]
+pub enum DereferenceError {
+    /// The apiserver failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The provider could not be asked (the region check).
+    #[error("provider: {0}")]
+    Provider(#[from] ProviderError),
+    /// The object lacks metadata the apiserver always sets.
+    #[error("object has no {0}")]
+    Metadata(&'static str),
+}
+
+type Error = DereferenceError;
+
 /// What a build consumes.
+#[derive(Clone)]
 pub struct Resolved {
     /// Template text and referenced values, for the spec hash.
     pub inputs: ResolvedInputs,
@@ -30,7 +54,48 @@ pub struct Resolved {
     /// Credentials and secret variables, as environment.
     pub secret_env: Vec<SecretEnv>,
     /// The provider, with the credentials.
-    pub provider: Box<dyn ImageProvider>,
+    pub provider: Arc<dyn ImageProvider>,
+}
+
+impl std::fmt::Debug for Resolved {
+    // Secret values stay out of every Debug print (decisions are logged).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("template_revision", &self.inputs.template_revision)
+            .field("variables", &self.variables.keys().collect::<Vec<_>>())
+            .field(
+                "secret_env",
+                &self.secret_env.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a build needs, hashed, with the regions checked at the
+/// provider; or why it cannot be had.
+pub async fn inputs(
+    client: &Client,
+    ib: &ImageBuild,
+) -> Result<Result<Inputs<Resolved>, InputProblem>, Error> {
+    let resolved = match resolve(client, ib).await? {
+        Ok(r) => r,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    match resolved
+        .provider
+        .check_regions(&ib.spec.provider.regions)
+        .await
+    {
+        Ok(()) => {}
+        Err(ProviderError::Invalid(message)) => {
+            return Ok(Err(invalid(reasons::INVALID_REGION, message)));
+        }
+        Err(other) => return Err(other.into()),
+    }
+    Ok(Ok(Inputs {
+        spec_hash: spec_hash(&ib.spec, &resolved.inputs),
+        resolved,
+    }))
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -78,7 +143,7 @@ where
     match api.get_opt(name).await {
         Ok(found) => Ok(Ok(found)),
         Err(kube::Error::Api(status)) if status.code == 403 => Ok(Err(missing(
-            "AccessDenied",
+            reasons::ACCESS_DENIED,
             format!(
                 "kiln may not read {kind} {ns}/{name} ({field}); grant kiln's ServiceAccount get on {plural} in namespace {ns} (Helm chart: add {ns} to rbac.buildNamespaces)",
                 kind = K::kind(&()),
@@ -108,7 +173,7 @@ fn invalid(reason: &'static str, message: String) -> InputProblem {
 }
 
 /// Reads template, variables, credentials and parent of an ImageBuild.
-pub async fn resolve(
+async fn resolve(
     client: &Client,
     ib: &ImageBuild,
 ) -> Result<Result<Resolved, InputProblem>, Error> {
@@ -132,7 +197,7 @@ pub async fn resolve(
         ));
         let Some(cm) = cm else {
             return Ok(Err(missing(
-                "TemplateNotFound",
+                reasons::TEMPLATE_NOT_FOUND,
                 format!(
                     "ConfigMap {ns}/{} (spec.template.configMapRef) not found; create it with the template under key {}",
                     r.name, r.key
@@ -141,7 +206,7 @@ pub async fn resolve(
         };
         let Some(text) = cm.data.as_ref().and_then(|d| d.get(&r.key)) else {
             return Ok(Err(invalid(
-                "TemplateNotFound",
+                reasons::TEMPLATE_NOT_FOUND,
                 format!(
                     "ConfigMap {ns}/{} has no key {} (spec.template.configMapRef.key); add it or fix the key",
                     r.name, r.key
@@ -182,7 +247,7 @@ pub async fn resolve(
                     None if source.optional => {}
                     None => {
                         return Ok(Err(missing(
-                            "VariablesNotFound",
+                            reasons::VARIABLES_NOT_FOUND,
                             format!(
                                 "ConfigMap {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
                                 source.name
@@ -211,7 +276,7 @@ pub async fn resolve(
                     None if source.optional => {}
                     None => {
                         return Ok(Err(missing(
-                            "VariablesNotFound",
+                            reasons::VARIABLES_NOT_FOUND,
                             format!(
                                 "Secret {ns}/{} (spec.variablesFrom[{i}]) not found; create it or mark it optional",
                                 source.name
@@ -230,7 +295,7 @@ pub async fn resolve(
         let parent_build = read_or_return!(read(&builds, &ns, &parent.name, "spec.parent.name"));
         let Some(p) = parent_build else {
             return Ok(Err(missing(
-                "ParentNotFound",
+                reasons::PARENT_NOT_FOUND,
                 format!(
                     "ImageBuild {ns}/{} (spec.parent.name) not found",
                     parent.name
@@ -239,7 +304,7 @@ pub async fn resolve(
         };
         let Some(latest) = p.status.as_ref().and_then(|s| s.latest_image.as_ref()) else {
             return Ok(Err(missing(
-                "ParentNotReady",
+                reasons::PARENT_NOT_READY,
                 format!(
                     "waiting for parent ImageBuild {ns}/{} to produce an image",
                     parent.name
@@ -249,7 +314,7 @@ pub async fn resolve(
         let region = spec.provider.regions.first().cloned().unwrap_or_default();
         let Some(image) = latest.artifacts.iter().find(|a| a.region == region) else {
             return Ok(Err(invalid(
-                "ParentRegionMismatch",
+                reasons::PARENT_REGION_MISMATCH,
                 format!(
                     "parent ImageBuild {ns}/{} has no image in region {region}; add {region} to the parent's spec.provider.regions",
                     parent.name
@@ -282,7 +347,7 @@ pub async fn resolve(
 pub async fn provider(
     client: &Client,
     ib: &ImageBuild,
-) -> Result<Result<(Box<dyn ImageProvider>, Vec<SecretEnv>), InputProblem>, Error> {
+) -> Result<Result<(Arc<dyn ImageProvider>, Vec<SecretEnv>), InputProblem>, Error> {
     let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
     let spec = &ib.spec;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -303,7 +368,7 @@ pub async fn provider(
                 _ => "",
             };
             return Ok(Err(missing(
-                "CredentialsNotFound",
+                reasons::CREDENTIALS_NOT_FOUND,
                 format!(
                     "Secret {ns}/{name} (spec.provider.credentials.secretRef) not found; create it{hint}"
                 ),
@@ -326,7 +391,7 @@ pub async fn provider(
         };
         if !lacking.is_empty() {
             return Ok(Err(invalid(
-                "CredentialsInvalid",
+                reasons::CREDENTIALS_INVALID,
                 format!(
                     "Secret {ns}/{name} (spec.provider.credentials.secretRef) lacks {}; add {} to the Secret",
                     lacking.join(", "),
@@ -346,7 +411,7 @@ pub async fn provider(
         }
     }
 
-    let provider: Box<dyn ImageProvider> = match spec.provider.type_ {
+    let provider: Arc<dyn ImageProvider> = match spec.provider.type_ {
         ProviderType::Aws => {
             let creds = match (
                 credentials.get("AWS_ACCESS_KEY_ID"),
@@ -359,12 +424,12 @@ pub async fn provider(
                 }),
                 _ => None,
             };
-            Box::new(Aws::new(spec.provider.endpoint.clone(), creds))
+            Arc::new(Aws::new(spec.provider.endpoint.clone(), creds))
         }
-        ProviderType::Gcp => Box::new(Unverified("GCP")),
-        ProviderType::Azure => Box::new(Unverified("Azure")),
-        ProviderType::Digitalocean => Box::new(Unverified("DigitalOcean")),
-        ProviderType::Openstack => Box::new(Unverified("OpenStack")),
+        ProviderType::Gcp => Arc::new(Unverified("GCP")),
+        ProviderType::Azure => Arc::new(Unverified("Azure")),
+        ProviderType::Digitalocean => Arc::new(Unverified("DigitalOcean")),
+        ProviderType::Openstack => Arc::new(Unverified("OpenStack")),
     };
 
     Ok(Ok((provider, secret_env)))

@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+pub use super::run::RunState;
+use super::run::RunnerResult;
 use super::{
     identity::{build_id, build_key},
     schedule::Schedule,
 };
 use crate::{
-    api::{ImageBuildSpec, ImageBuildStatus},
-    packer::runner::RunnerResult,
+    api::{CurrentBuild, ImageBuildSpec, ImageBuildStatus},
+    reasons,
 };
 
 /// Default longest build attempt.
@@ -19,18 +21,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 pub const POLL_RUNNING: Duration = Duration::from_secs(15);
 /// How often a missing Secret or ConfigMap is looked for again.
 pub const POLL_DEPENDENCY: Duration = Duration::from_secs(15);
-
-/// What the executor says about the build in `status.currentBuild`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RunState {
-    /// Still going.
-    Running,
-    /// Finished with the runner's report.
-    Finished(RunnerResult),
-    /// Finished without a report (the Job failed before the runner could
-    /// write one, or the process was orphaned by a controller restart).
-    Lost(String),
-}
 
 /// Why the inputs of a build could not be gathered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +46,20 @@ pub enum InputProblem {
     },
 }
 
+/// The resolved inputs of a build: their spec hash, and whatever the act step
+/// needs of them (`I`: the controller's template, variables, credentials and
+/// provider; nothing in tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs<I> {
+    /// Hash of the spec and everything it references.
+    pub spec_hash: String,
+    /// What the act step uses.
+    pub resolved: I,
+}
+
 /// Everything `decide` looks at.
 #[derive(Debug, Clone)]
-pub struct Observation<'a> {
+pub struct Observation<'a, I> {
     /// The object's UID.
     pub uid: &'a str,
     /// The spec.
@@ -67,18 +68,18 @@ pub struct Observation<'a> {
     pub status: &'a ImageBuildStatus,
     /// `reconcile.fluxcd.io/requestedAt` (or kiln's own annotation).
     pub requested_at: Option<&'a str>,
-    /// The spec hash of the resolved inputs, or why there is none; `None`
-    /// when they were not read because the current build is still running.
-    pub inputs: Option<Result<String, InputProblem>>,
+    /// The resolved inputs, or why there are none; `None` when they were not
+    /// read because the current build is still running.
+    pub inputs: Option<Result<Inputs<I>, InputProblem>>,
     /// The state of `status.currentBuild`, when there is one.
     pub run: Option<RunState>,
     /// Now.
     pub now: Timestamp,
 }
 
-/// A build to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Start {
+/// A build to start, with everything starting it takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start<I> {
     /// Build key (spec hash + trigger).
     pub build_key: String,
     /// `<key>-<attempt>`.
@@ -92,24 +93,40 @@ pub struct Start {
     /// The `spec.schedule` time this build answers, when the schedule
     /// (rather than a change) started it.
     pub scheduled_for: Option<Timestamp>,
+    /// The inputs to build from.
+    pub inputs: I,
 }
 
-/// The decision.
+/// What to do next; each variant carries what acting on it takes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub enum BuildDecision<I> {
     /// Start a build.
-    Start(Start),
+    Start(Start<I>),
     /// A build is running; look again after this long.
     Wait(Duration),
     /// The running build exceeded its timeout: stop it and count it as failed.
     TimedOut {
+        /// The build to stop.
+        current: CurrentBuild,
         /// The message to record.
         message: String,
     },
     /// The running build finished: record it (after verifying a success).
-    Finished(RunnerResult),
+    Finished {
+        /// The build that finished.
+        current: CurrentBuild,
+        /// The runner's report.
+        result: RunnerResult,
+        /// Its inputs as they are now (the provider verifies the images).
+        inputs: I,
+    },
     /// The running build vanished: record a retryable failure.
-    Lost(String),
+    Lost {
+        /// The build that vanished.
+        current: CurrentBuild,
+        /// Why it counts as lost.
+        message: String,
+    },
     /// A failed build is retried at this time.
     RetryAt(Timestamp),
     /// Nothing to do until the user acts.
@@ -138,18 +155,38 @@ pub fn timeout(spec: &ImageBuildSpec) -> Duration {
 }
 
 /// Decides the next step.
-pub fn decide(o: &Observation<'_>) -> Decision {
+pub fn decide<I: Clone>(o: &Observation<'_, I>) -> BuildDecision<I> {
     // A running build is looked after first, whatever else changed: it will
     // be recorded, and a changed spec builds again afterwards.
     if let Some(current) = &o.status.current_build {
         return match &o.run {
-            Some(RunState::Finished(result)) => Decision::Finished(result.clone()),
-            Some(RunState::Lost(why)) => Decision::Lost(why.clone()),
+            Some(RunState::Finished(result)) => match &o.inputs {
+                Some(Ok(inputs)) => BuildDecision::Finished {
+                    current: current.clone(),
+                    result: result.clone(),
+                    inputs: inputs.resolved.clone(),
+                },
+                // The inputs vanished after the build started (a Secret was
+                // deleted): the images still have to be claimed, so wait.
+                Some(Err(problem)) => BuildDecision::Waiting {
+                    reason: reasons::DEPENDENCY_NOT_FOUND,
+                    message: format!(
+                        "build {} finished, but its inputs can no longer be read: {problem:?}",
+                        current.build_id
+                    ),
+                },
+                None => BuildDecision::Wait(POLL_DEPENDENCY),
+            },
+            Some(RunState::Lost(why)) => BuildDecision::Lost {
+                current: current.clone(),
+                message: why.clone(),
+            },
             Some(RunState::Running) | None => {
                 let limit = timeout(o.spec);
                 let elapsed = o.now.duration_since(current.started_at.0).unsigned_abs();
                 if elapsed >= limit {
-                    Decision::TimedOut {
+                    BuildDecision::TimedOut {
+                        current: current.clone(),
                         message: format!(
                             "build {} exceeded its timeout of {}s",
                             current.build_id,
@@ -157,7 +194,7 @@ pub fn decide(o: &Observation<'_>) -> Decision {
                         ),
                     }
                 } else {
-                    Decision::Wait(POLL_RUNNING.min(limit - elapsed))
+                    BuildDecision::Wait(POLL_RUNNING.min(limit - elapsed))
                 }
             }
         };
@@ -165,25 +202,25 @@ pub fn decide(o: &Observation<'_>) -> Decision {
 
     let Some(inputs) = &o.inputs else {
         // Not read: nothing to decide until they are.
-        return Decision::Wait(POLL_DEPENDENCY);
+        return BuildDecision::Wait(POLL_DEPENDENCY);
     };
-    let spec_hash = match inputs {
-        Ok(hash) => hash.clone(),
+    let (spec_hash, resolved) = match inputs {
+        Ok(i) => (i.spec_hash.clone(), i.resolved.clone()),
         Err(InputProblem::Missing { reason, message }) => {
-            return Decision::Waiting {
+            return BuildDecision::Waiting {
                 reason,
                 message: message.clone(),
             };
         }
         Err(InputProblem::Invalid { reason, message }) => {
-            return Decision::Stalled {
+            return BuildDecision::Stalled {
                 reason,
                 message: message.clone(),
             };
         }
         Err(InputProblem::Unsupported { message }) => {
-            return Decision::Stalled {
-                reason: "Unsupported",
+            return BuildDecision::Stalled {
+                reason: reasons::UNSUPPORTED,
                 message: message.clone(),
             };
         }
@@ -191,8 +228,8 @@ pub fn decide(o: &Observation<'_>) -> Decision {
 
     let schedule = match o.spec.schedule.as_deref().map(Schedule::parse) {
         Some(Err(e)) => {
-            return Decision::Stalled {
-                reason: "InvalidSchedule",
+            return BuildDecision::Stalled {
+                reason: reasons::INVALID_SCHEDULE,
                 message: format!(
                     "spec.schedule: {e}; use five cron fields (e.g. '0 3 * * 1') or a macro such as @weekly"
                 ),
@@ -230,10 +267,10 @@ pub fn decide(o: &Observation<'_>) -> Decision {
                     .is_some_and(|slot| l.build_key == scheduled_key(slot)))
     });
     if up_to_date {
-        return Decision::UpToDate;
+        return BuildDecision::UpToDate;
     }
     if o.spec.suspend {
-        return Decision::Suspended;
+        return BuildDecision::Suspended;
     }
 
     let mut attempt = 1;
@@ -244,15 +281,15 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         .filter(|f| f.build_key == key)
     {
         if !f.retryable {
-            return Decision::Stalled {
-                reason: "BuildInvalid",
+            return BuildDecision::Stalled {
+                reason: reasons::BUILD_INVALID,
                 message: f.message.clone(),
             };
         }
         let limit = o.spec.retry.as_ref().map_or(3, |r| r.limit);
         if f.failed_attempts > limit {
-            return Decision::Stalled {
-                reason: "RetriesExhausted",
+            return BuildDecision::Stalled {
+                reason: reasons::RETRIES_EXHAUSTED,
                 message: format!(
                     "gave up after {} failed attempts; fix the cause, then change the spec or set the reconcile.fluxcd.io/requestedAt annotation to try again. Last error: {}",
                     f.failed_attempts, f.message
@@ -262,17 +299,18 @@ pub fn decide(o: &Observation<'_>) -> Decision {
         if let Some(at) = &f.next_attempt_at
             && at.0 > o.now
         {
-            return Decision::RetryAt(at.0);
+            return BuildDecision::RetryAt(at.0);
         }
         attempt = f.failed_attempts + 1;
     }
-    Decision::Start(Start {
+    BuildDecision::Start(Start {
         build_id: build_id(&key, attempt),
         build_key: key,
         attempt,
         spec_hash,
         handles_request: pending_request.map(str::to_owned),
         scheduled_for: due,
+        inputs: resolved,
     })
 }
 
@@ -308,8 +346,7 @@ mod tests {
     use super::*;
     use crate::{
         api::{ImageBuildStatus, RegionArtifact},
-        build::status,
-        packer::runner::Outcome,
+        image_build::{run::Outcome, status},
     };
 
     const UID: &str = "0b6f7c1e-uid";
@@ -341,15 +378,22 @@ retry: {limit: 2, backoff: 10s, maxBackoff: 30s}
         spec: &'a ImageBuildSpec,
         status: &'a ImageBuildStatus,
         now: &str,
-    ) -> Observation<'a> {
+    ) -> Observation<'a, ()> {
         Observation {
             uid: UID,
             spec,
             status,
             requested_at: None,
-            inputs: Some(Ok(HASH.into())),
+            inputs: Some(Ok(inputs(HASH))),
             run: None,
             now: at(now),
+        }
+    }
+
+    fn inputs(hash: &str) -> Inputs<()> {
+        Inputs {
+            spec_hash: hash.into(),
+            resolved: (),
         }
     }
 
@@ -374,7 +418,7 @@ latestImage:
     #[test]
     fn a_new_object_starts_attempt_one() {
         let (s, st) = (base_spec(), ImageBuildStatus::default());
-        let Decision::Start(start) = decide(&observe(&s, &st, "2026-11-22T10:00:00Z")) else {
+        let BuildDecision::Start(start) = decide(&observe(&s, &st, "2026-11-22T10:00:00Z")) else {
             panic!("expected Start")
         };
         assert_eq!(start.attempt, 1);
@@ -391,14 +435,14 @@ latestImage:
         // Before the next 03:00: up to date, and looked at again just after it.
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T23:00:00Z")),
-            Decision::UpToDate
+            BuildDecision::UpToDate
         );
         assert_eq!(
             recheck_after(&s, at("2026-11-22T23:00:00Z"), Duration::from_secs(36000)),
             Duration::from_secs(4 * 3600 + 1)
         );
         // After it: a build for that time, with a key of its own.
-        let Decision::Start(start) = decide(&observe(&s, &st, "2026-11-23T03:00:30Z")) else {
+        let BuildDecision::Start(start) = decide(&observe(&s, &st, "2026-11-23T03:00:30Z")) else {
             panic!("expected a scheduled Start")
         };
         let slot = at("2026-11-23T03:00:00Z");
@@ -406,7 +450,7 @@ latestImage:
         assert_eq!(start.build_key, build_key(UID, HASH, &format!("@{slot}")));
         // A restart decides the same build.
         let again = decide(&observe(&s, &st, "2026-11-23T03:20:00Z"));
-        assert!(matches!(again, Decision::Start(s) if s.build_key == start.build_key));
+        assert!(matches!(again, BuildDecision::Start(s) if s.build_key == start.build_key));
         // Once it is the latest image, nothing more until the next time.
         let mut done = built(&start.build_key);
         if let Some(l) = done.latest_image.as_mut() {
@@ -415,17 +459,17 @@ latestImage:
         }
         assert_eq!(
             decide(&observe(&s, &done, "2026-11-23T12:00:00Z")),
-            Decision::UpToDate
+            BuildDecision::UpToDate
         );
         assert!(matches!(
             decide(&observe(&s, &done, "2026-11-24T03:00:10Z")),
-            Decision::Start(s) if s.scheduled_for == Some(at("2026-11-24T03:00:00Z"))
+            BuildDecision::Start(s) if s.scheduled_for == Some(at("2026-11-24T03:00:00Z"))
         ));
         // Suspended: due, but nothing starts.
         s.suspend = true;
         assert_eq!(
             decide(&observe(&s, &done, "2026-11-24T03:00:10Z")),
-            Decision::Suspended
+            BuildDecision::Suspended
         );
     }
 
@@ -434,13 +478,13 @@ latestImage:
         let mut s = base_spec();
         s.schedule = Some("@weekly".into());
         let st = ImageBuildStatus::default();
-        let Decision::Start(start) = decide(&observe(&s, &st, "2026-11-22T10:00:00Z")) else {
+        let BuildDecision::Start(start) = decide(&observe(&s, &st, "2026-11-22T10:00:00Z")) else {
             panic!("expected Start")
         };
         assert_eq!(start.scheduled_for, None);
         assert_eq!(start.build_key, key(""));
         s.schedule = Some("0 25 * * *".into());
-        let Decision::Stalled { reason, message } =
+        let BuildDecision::Stalled { reason, message } =
             decide(&observe(&s, &st, "2026-11-22T10:00:00Z"))
         else {
             panic!("expected Stalled")
@@ -457,11 +501,11 @@ latestImage:
         let (s, st) = (base_spec(), built(&key("")));
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T11:00:00Z")),
-            Decision::UpToDate
+            BuildDecision::UpToDate
         );
         let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
-        o.inputs = Some(Ok("bbbbbbbbbbbbbbbb".into()));
-        assert!(matches!(decide(&o), Decision::Start(s) if s.spec_hash == "bbbbbbbbbbbbbbbb"));
+        o.inputs = Some(Ok(inputs("bbbbbbbbbbbbbbbb")));
+        assert!(matches!(decide(&o), BuildDecision::Start(s) if s.spec_hash == "bbbbbbbbbbbbbbbb"));
     }
 
     #[test]
@@ -470,7 +514,7 @@ latestImage:
         let st = built(&key(""));
         let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
         o.requested_at = Some("r1");
-        let Decision::Start(start) = decide(&o) else {
+        let BuildDecision::Start(start) = decide(&o) else {
             panic!("expected Start")
         };
         assert_eq!(start.handles_request.as_deref(), Some("r1"));
@@ -480,11 +524,11 @@ latestImage:
         st.last_handled_reconcile_at = Some("r1".into());
         let mut o = observe(&s, &st, "2026-11-22T11:00:00Z");
         o.requested_at = Some("r1");
-        assert_eq!(decide(&o), Decision::UpToDate);
+        assert_eq!(decide(&o), BuildDecision::UpToDate);
         o.requested_at = Some("");
         assert_eq!(
             decide(&o),
-            Decision::UpToDate,
+            BuildDecision::UpToDate,
             "an empty value is no request"
         );
     }
@@ -496,12 +540,12 @@ latestImage:
         let st = ImageBuildStatus::default();
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T10:00:00Z")),
-            Decision::Suspended
+            BuildDecision::Suspended
         );
         let st = built(&key(""));
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T10:00:00Z")),
-            Decision::UpToDate
+            BuildDecision::UpToDate
         );
     }
 
@@ -528,15 +572,15 @@ currentBuild:
         let st = running(1);
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T10:01:00Z")),
-            Decision::Wait(POLL_RUNNING)
+            BuildDecision::Wait(POLL_RUNNING)
         );
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T10:09:55Z")),
-            Decision::Wait(Duration::from_secs(5))
+            BuildDecision::Wait(Duration::from_secs(5))
         );
         assert!(matches!(
             decide(&observe(&s, &st, "2026-11-22T10:10:00Z")),
-            Decision::TimedOut { .. }
+            BuildDecision::TimedOut { .. }
         ));
     }
 
@@ -554,10 +598,24 @@ currentBuild:
         };
         let mut o = observe(&s, &st, "2026-11-22T10:01:00Z");
         o.run = Some(RunState::Finished(result.clone()));
-        o.inputs = Some(Ok("changed".into()));
-        assert_eq!(decide(&o), Decision::Finished(result));
+        o.inputs = Some(Ok(inputs("changed")));
+        let current = st.current_build.clone().expect("current");
+        assert_eq!(
+            decide(&o),
+            BuildDecision::Finished {
+                current: current.clone(),
+                result,
+                inputs: ()
+            }
+        );
         o.run = Some(RunState::Lost("gone".into()));
-        assert_eq!(decide(&o), Decision::Lost("gone".into()));
+        assert_eq!(
+            decide(&o),
+            BuildDecision::Lost {
+                current,
+                message: "gone".into()
+            }
+        );
     }
 
     #[test]
@@ -572,9 +630,9 @@ currentBuild:
         );
         assert_eq!(
             decide(&observe(&s, &after_one, "2026-11-22T10:02:05Z")),
-            Decision::RetryAt(at("2026-11-22T10:02:10Z"))
+            BuildDecision::RetryAt(at("2026-11-22T10:02:10Z"))
         );
-        let Decision::Start(retry) = decide(&observe(&s, &after_one, "2026-11-22T10:02:10Z"))
+        let BuildDecision::Start(retry) = decide(&observe(&s, &after_one, "2026-11-22T10:02:10Z"))
         else {
             panic!("expected Start")
         };
@@ -602,18 +660,18 @@ currentBuild:
                 .as_ref()
                 .is_some_and(|f| f.next_attempt_at.is_none())
         );
-        assert!(crate::build::conditions::is_true(&st.conditions, "Stalled"));
+        assert!(crate::conditions::is_true(&st.conditions, "Stalled"));
         assert!(matches!(
             decide(&observe(&s, &st, "2026-11-22T12:00:00Z")),
-            Decision::Stalled {
-                reason: "RetriesExhausted",
+            BuildDecision::Stalled {
+                reason: reasons::RETRIES_EXHAUSTED,
                 ..
             }
         ));
         // A new spec starts over.
         let mut o = observe(&s, &st, "2026-11-22T12:00:00Z");
-        o.inputs = Some(Ok("cccccccccccccccc".into()));
-        assert!(matches!(decide(&o), Decision::Start(s) if s.attempt == 1));
+        o.inputs = Some(Ok(inputs("cccccccccccccccc")));
+        assert!(matches!(decide(&o), BuildDecision::Start(s) if s.attempt == 1));
     }
 
     #[test]
@@ -631,8 +689,8 @@ currentBuild:
         );
         assert!(matches!(
             decide(&observe(&s, &st, "2026-11-22T11:00:00Z")),
-            Decision::Stalled {
-                reason: "BuildInvalid",
+            BuildDecision::Stalled {
+                reason: reasons::BUILD_INVALID,
                 ..
             }
         ));
@@ -643,24 +701,24 @@ currentBuild:
         let (s, st) = (base_spec(), ImageBuildStatus::default());
         let mut o = observe(&s, &st, "2026-11-22T10:00:00Z");
         o.inputs = Some(Err(InputProblem::Missing {
-            reason: "CredentialsNotFound",
+            reason: reasons::CREDENTIALS_NOT_FOUND,
             message: "Secret x".into(),
         }));
         assert!(matches!(
             decide(&o),
-            Decision::Waiting {
-                reason: "CredentialsNotFound",
+            BuildDecision::Waiting {
+                reason: reasons::CREDENTIALS_NOT_FOUND,
                 ..
             }
         ));
         o.inputs = Some(Err(InputProblem::Invalid {
-            reason: "CredentialsInvalid",
+            reason: reasons::CREDENTIALS_INVALID,
             message: "lacks".into(),
         }));
         assert!(matches!(
             decide(&o),
-            Decision::Stalled {
-                reason: "CredentialsInvalid",
+            BuildDecision::Stalled {
+                reason: reasons::CREDENTIALS_INVALID,
                 ..
             }
         ));
@@ -705,9 +763,9 @@ currentBuild:
         assert_eq!(latest.version, "2026-11-22-1000");
         assert_eq!(
             decide(&observe(&s, &st, "2026-11-22T10:06:00Z")),
-            Decision::UpToDate
+            BuildDecision::UpToDate
         );
-        let ready = crate::build::conditions::get(&st.conditions, "Ready").expect("Ready");
+        let ready = crate::conditions::get(&st.conditions, "Ready").expect("Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("True", "Succeeded")

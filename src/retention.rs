@@ -1,0 +1,195 @@
+//! Carrying out an ImagePolicy: select its ImageBuilds, list their owned
+//! images through each build's provider, plan (pure, in
+//! `kiln_core::retention`), then deprecate and delete. The controller and
+//! `kiln prune` share all of it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use futures::{StreamExt, stream};
+use jiff::Timestamp;
+use kube::{Api, ResourceExt, api::ListParams};
+
+pub use kiln_core::retention::{
+    ImageInfo, ImageOwner, ImageVerdict, PlanError, Protection, Rules, in_use, plan, rules,
+    selects,
+    status::{Applied, Evaluation, Outcome},
+};
+
+use crate::{
+    api::{ImageBuild, ImagePolicySpec, RetentionAction},
+    dereference::{self, DereferenceError},
+    image_build::decide::InputProblem,
+    provider::{ImageProvider, aws::CONCURRENCY},
+};
+
+/// Why a policy could not be evaluated at all (one build's problem is not
+/// an error: it is reported in the evaluation and the rest go on).
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// Listing the ImageBuilds failed.
+    #[error("listing ImageBuilds: {0}")]
+    List(#[from] kube::Error),
+    /// Reading a build's credentials failed.
+    #[error(transparent)]
+    Dereference(#[from] DereferenceError),
+}
+
+/// The plan for one selected ImageBuild.
+pub struct BuildPlan {
+    /// ImageBuild name.
+    pub build: String,
+    /// Its provider, with its credentials.
+    pub provider: Arc<dyn ImageProvider>,
+    /// A verdict per owned image.
+    pub verdicts: Vec<ImageVerdict>,
+}
+
+/// What a policy would do now.
+pub struct PolicyPlan {
+    /// Names of the ImageBuilds it selects.
+    pub selected: Vec<String>,
+    /// Names it lists that do not exist.
+    pub missing: Vec<String>,
+    /// A plan per build that could be evaluated.
+    pub plans: Vec<BuildPlan>,
+    /// Why other builds could not be evaluated.
+    pub problems: Vec<String>,
+}
+
+/// Selects a policy's builds, lists their owned images and plans retention.
+pub async fn plan_policy(
+    client: &kube::Client,
+    ns: &str,
+    spec: &ImagePolicySpec,
+    now: Timestamp,
+) -> Result<PolicyPlan, RetentionError> {
+    let builds_api: Api<ImageBuild> = Api::namespaced(client.clone(), ns);
+    // Every ImageBuild of the namespace: children protect their sources.
+    let all = builds_api.list(&ListParams::default()).await?.items;
+    let selected: BTreeMap<String, &ImageBuild> = all
+        .iter()
+        .filter(|b| selects(spec, b))
+        .map(|b| (b.name_any(), b))
+        .collect();
+    let missing: Vec<String> = spec
+        .builds
+        .names
+        .iter()
+        .filter(|n| !selected.contains_key(*n))
+        .cloned()
+        .collect();
+    let rules = rules(spec);
+    let in_use = in_use(&all);
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for (name, build) in &selected {
+        let provider: Arc<dyn ImageProvider> = match dereference::provider(client, build).await? {
+            Ok((p, _)) => p,
+            Err(
+                InputProblem::Missing { message, .. }
+                | InputProblem::Invalid { message, .. }
+                | InputProblem::Unsupported { message },
+            ) => {
+                problems.push(format!("ImageBuild {name}: {message}"));
+                continue;
+            }
+        };
+        let images = match provider
+            .list_owned(&build.spec.provider.regions, ns, name)
+            .await
+        {
+            Ok(images) => images,
+            Err(e) => {
+                problems.push(format!("ImageBuild {name}: {e}"));
+                continue;
+            }
+        };
+        let latest: BTreeSet<String> = build
+            .status
+            .iter()
+            .flat_map(|s| s.latest_image_ids())
+            .map(str::to_owned)
+            .collect();
+        let protection = Protection {
+            latest,
+            in_use: in_use.clone(),
+        };
+        match plan(ns, name, &images, &rules, &protection, now) {
+            Ok(verdicts) => plans.push(BuildPlan {
+                build: name.clone(),
+                provider,
+                verdicts,
+            }),
+            Err(e) => problems.push(format!("ImageBuild {name}: {e}")),
+        }
+    }
+    Ok(PolicyPlan {
+        selected: selected.into_keys().collect(),
+        missing,
+        plans,
+        problems,
+    })
+}
+
+/// Carries out the deprecations and deletions of one build's plan, a bounded
+/// number at a time. Keep verdicts are kept.
+pub async fn carry_out(plan: &BuildPlan, now: Timestamp) -> Vec<Outcome> {
+    stream::iter(plan.verdicts.iter().cloned())
+        .map(|verdict| {
+            let provider = plan.provider.clone();
+            async move {
+                let applied = match verdict.action {
+                    RetentionAction::Keep => Applied::Kept,
+                    RetentionAction::Delete => match provider.delete(&verdict.image).await {
+                        Ok(()) => Applied::Deleted,
+                        Err(e) => Applied::Failed(e.to_string()),
+                    },
+                    RetentionAction::Deprecate => {
+                        match provider.deprecate(&verdict.image, now).await {
+                            Ok(None) => Applied::Deprecated,
+                            Ok(Some(note)) => Applied::Unsupported(note),
+                            Err(e) => Applied::Failed(e.to_string()),
+                        }
+                    }
+                };
+                Outcome {
+                    build: plan.build.clone(),
+                    verdict,
+                    applied,
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The evaluation of a plan: carried out, or with `dry_run` only planned.
+pub async fn evaluate(ns: &str, plan: PolicyPlan, dry_run: bool, now: Timestamp) -> Evaluation {
+    let mut outcomes = Vec::new();
+    for build in &plan.plans {
+        if dry_run {
+            outcomes.extend(build.verdicts.iter().map(|v| Outcome {
+                build: build.build.clone(),
+                verdict: v.clone(),
+                applied: match v.action {
+                    RetentionAction::Keep => Applied::Kept,
+                    _ => Applied::Planned,
+                },
+            }));
+        } else {
+            outcomes.extend(carry_out(build, now).await);
+        }
+    }
+    Evaluation {
+        namespace: ns.to_owned(),
+        selected: plan.selected,
+        missing: plan.missing,
+        outcomes,
+        problems: plan.problems,
+        dry_run,
+    }
+}
