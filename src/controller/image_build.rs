@@ -147,7 +147,7 @@ async fn act(
                 || conditions::get(&old.conditions, READY).is_none_or(|c| c.message != message)
             {
                 warn!(reason, %message, "stalled");
-                publish(ctx, ib, EventType::Warning, reason, message.clone()).await;
+                build_event(ctx, ib, EventType::Warning, reason, message.clone()).await;
             }
             (
                 status::stalled(old, reason, &message, generation, now),
@@ -156,7 +156,7 @@ async fn act(
         }
         BuildDecision::Waiting { reason, message } => {
             if conditions::get(&old.conditions, READY).is_none_or(|c| c.reason != reason) {
-                publish(ctx, ib, EventType::Warning, reason, message.clone()).await;
+                build_event(ctx, ib, EventType::Warning, reason, message.clone()).await;
             }
             (
                 status::waiting(old, reason, &message, generation, now),
@@ -250,7 +250,7 @@ async fn start_build(
         .scheduled_for
         .map(|at| format!(", scheduled by spec.schedule for {at}"))
         .unwrap_or_default();
-    publish(
+    build_event(
         ctx,
         ib,
         EventType::Normal,
@@ -355,7 +355,7 @@ async fn finish(
         message = format!("{message} ({note})");
     }
     info!(build_id = %current.build_id, images = %ids.join(", "), "build succeeded");
-    publish(
+    build_event(
         ctx,
         ib,
         EventType::Normal,
@@ -403,11 +403,11 @@ async fn finish_failed(
     );
     let note = conditions::get(&s.conditions, READY)
         .map_or_else(|| message.to_owned(), |c| c.message.clone());
-    publish(ctx, ib, EventType::Warning, reasons::BUILD_FAILED, note).await;
+    build_event(ctx, ib, EventType::Warning, reasons::BUILD_FAILED, note).await;
     // The next reconcile schedules the retry or reports the stall.
     (s, Action::requeue(Duration::from_secs(1)))
 }
 
-async fn publish(ctx: &Context, ib: &ImageBuild, type_: EventType, reason: &str, note: String) {
+async fn build_event(ctx: &Context, ib: &ImageBuild, type_: EventType, reason: &str, note: String) {
     events::publish(ctx, ib, type_, reason, "Reconcile", note, None).await;
 }

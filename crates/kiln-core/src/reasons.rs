@@ -91,3 +91,21 @@ pub const ALL: &[&str] = &[
     PRUNE_FAILED,
     IMAGE_DELETED,
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// docs/conditions.md lists exactly the reasons above.
+    #[test]
+    fn the_documentation_lists_every_reason() {
+        let doc = include_str!("../../../docs/conditions.md");
+        let documented: BTreeSet<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let defined: BTreeSet<&str> = super::ALL.iter().copied().collect();
+        assert_eq!(documented, defined);
+    }
+}
