@@ -5,7 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use kiln::{api::ImageBuild, provider::tags};
+use kiln::{
+    api::{BuildResult, ImageBuild},
+    provider::tags,
+};
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
@@ -190,7 +193,7 @@ async fn amazon_build_goes_ready_with_tagged_amis_in_both_regions() {
 }
 
 #[tokio::test]
-async fn a_process_build_orphaned_by_a_restart_is_failed_and_retried() {
+async fn a_process_build_stopped_by_a_restart_is_cleaned_up_and_built_again() {
     let env = Env::start(false).await;
     env.build_namespace(NS).await;
     let controller = env
@@ -220,36 +223,49 @@ async fn a_process_build_orphaned_by_a_restart_is_failed_and_retried() {
         .expect("currentBuild");
     assert_eq!(first.attempt, 1);
 
-    // The controller goes away mid-build; its child process goes with it.
+    // The controller is stopped mid-build, once Packer has made its key
+    // pair, security group and instance and provisions: its runner forwards
+    // SIGTERM to Packer, which cancels and cleans up before the controller
+    // exits.
+    wait_log(&controller, "Running local shell script", BUILD_TIMEOUT).await;
     controller.stop().await;
     let controller = env
         .controller("c2", &["--default-executor", "process"])
         .await;
     let ib = wait_for(&api, "slow", BUILD_TIMEOUT, &controller.log, is_ready).await;
     let status = ib.status.expect("status");
-    let failed = status
+    let interrupted = status
         .history
         .iter()
-        .find(|h| h.build_id == first.build_id)
-        .expect("the orphaned attempt is recorded");
-    assert_eq!(failed.result, kiln::api::BuildResult::Failed);
+        .find(|h| h.build_id == first.build_id && h.result != BuildResult::Succeeded)
+        .expect("the interrupted run is recorded");
+    assert_eq!(
+        interrupted.result,
+        BuildResult::Interrupted,
+        "{interrupted:?}"
+    );
     assert!(
-        failed
+        interrupted
             .message
             .as_deref()
-            .is_some_and(|m| m.contains("orphaned by a controller restart")),
-        "{failed:?}"
+            .is_some_and(|m| m.contains("packer cancelled the build and cleaned up")),
+        "{interrupted:?}"
     );
+    assert_eq!(status.last_failure, None, "a restart is no failed attempt");
     let latest = status.latest_image.expect("latestImage");
-    assert!(
-        latest.build_id.ends_with("-2"),
-        "the retry is attempt 2: {}",
-        latest.build_id
+    assert_eq!(
+        latest.build_id, first.build_id,
+        "the same build (attempt 1) ran again"
     );
     assert_eq!(
         amis(&env.ec2(), "us-east-1").await.len(),
         1,
-        "exactly one AMI: the orphan never finished"
+        "exactly one AMI: the interrupted run made none"
+    );
+    assert_eq!(
+        leftovers(&env.ec2(), "us-east-1").await,
+        Vec::<String>::new(),
+        "Packer cleaned up after the interrupted run"
     );
     controller.stop().await;
 }
@@ -283,7 +299,7 @@ async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
     .await;
     let status = ib.status.expect("status");
     assert_eq!(status.history.len(), 1);
-    assert_eq!(status.history[0].result, kiln::api::BuildResult::Failed);
+    assert_eq!(status.history[0].result, BuildResult::Failed);
     assert!(
         status.history[0]
             .message

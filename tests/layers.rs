@@ -142,12 +142,18 @@ fn kiln_modules_import_only_the_layers_below() {
             }
         }
     }
-    assert!(broken.is_empty(), "imports against the layering:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "imports against the layering:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]
 fn the_import_scanner_sees_grouped_and_nested_paths() {
-    let found = imports("use crate::{\n    api::X,\n    retention::{self, Y},\n    provider,\n};\nlet x = crate::metrics::M;");
+    let found = imports(
+        "use crate::{\n    api::X,\n    retention::{self, Y},\n    provider,\n};\nlet x = crate::metrics::M;",
+    );
     assert_eq!(
         found,
         ["api", "metrics", "provider", "retention"]
@@ -161,13 +167,33 @@ fn the_import_scanner_sees_grouped_and_nested_paths() {
 #[test]
 fn kiln_core_depends_on_no_client() {
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["tree", "-p", "kiln-core", "-e", "normal", "--prefix", "none", "--offline"])
+        .args([
+            "tree",
+            "-p",
+            "kiln-core",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree = String::from_utf8_lossy(&out.stdout);
-    let forbidden = ["kube-client ", "kube-runtime ", "hyper ", "reqwest ", "tokio ", "aws-"];
+    let forbidden = [
+        "kube-client ",
+        "kube-runtime ",
+        "hyper ",
+        "reqwest ",
+        "tokio ",
+        "aws-",
+    ];
     let found: Vec<&str> = tree
         .lines()
         .filter(|l| forbidden.iter().any(|f| l.starts_with(f)))

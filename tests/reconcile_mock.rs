@@ -150,6 +150,7 @@ fn context(client: Client) -> Arc<Context> {
         namespace: None,
         resync: Duration::from_secs(3600),
         runner_env: Vec::new(),
+        build_grace: Duration::from_secs(5),
     };
     Arc::new(Context {
         recorder: Recorder::new(

@@ -109,6 +109,11 @@ pub enum Command {
         /// How often Ready ImageBuilds are looked at again, in seconds.
         #[arg(long, default_value_t = 600)]
         resync_seconds: u64,
+        /// Seconds a stopped build may take to clean up: Packer gets SIGTERM,
+        /// then this long before it is killed. A Job's Pod and the
+        /// controller's Pod get this plus 30 s of termination grace.
+        #[arg(long, default_value_t = 300, env = "KILN_BUILD_GRACE_SECONDS")]
+        build_grace_seconds: u64,
         #[command(flatten)]
         election: ElectionArgs,
     },

@@ -149,10 +149,7 @@ async fn packer_validate(
         variables: ib.spec.variables.clone(),
         timestamp: crate::image_build::status::version_stamp(Timestamp::now()),
     };
-    let options = RunnerOptions {
-        packer: packer.to_owned(),
-        workdir: dir.path().to_owned(),
-    };
+    let options = RunnerOptions::new(packer.to_owned(), dir.path().to_owned());
     Ok(runner::validate_only(&request, &options).await?)
 }
 

@@ -54,6 +54,7 @@ impl Args {
                 workdir,
                 namespace,
                 resync_seconds,
+                build_grace_seconds,
                 election,
             } => {
                 let client = kube::Client::try_default()
@@ -71,6 +72,7 @@ impl Args {
                     namespace,
                     resync: Duration::from_secs(resync_seconds),
                     runner_env: Vec::new(),
+                    build_grace: Duration::from_secs(build_grace_seconds),
                 };
                 let election = match election.leader_elect {
                     true => Some(election.resolve(&client).await?),
@@ -136,7 +138,9 @@ impl Args {
                 workdir,
                 packer,
             } => {
-                let options = crate::packer::runner::RunnerOptions { packer, workdir };
+                let options = crate::packer::runner::RunnerOptions::new(packer, workdir)
+                    .stopped_by_signals()
+                    .context("installing signal handlers")?;
                 let result = crate::packer::runner::run_from_env(&options, &result_file).await?;
                 Ok(match result.outcome {
                     crate::packer::runner::Outcome::Succeeded => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{Context, Error, KILN_REQUESTED_AT, REQUESTED_AT, events, now};
 use crate::{
-    api::{CurrentBuild, ExecutorType, ImageBuild, ImageBuildStatus},
+    api::{CurrentBuild, ExecutorType, ImageBuild, ImageBuildStatus, RegionArtifact},
     conditions::{self, READY, STALLED},
     dereference::{self, Resolved},
     executor::Launch,
@@ -23,7 +23,7 @@ use crate::{
         status,
     },
     metrics::BuildLabels,
-    packer::runner::{BuildRequest, Outcome, RunnerResult},
+    packer::runner::BuildRequest,
     provider::{Owner, ProviderError},
     reasons,
 };
@@ -61,11 +61,17 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
         now,
     });
     tracing::debug!(?decision, "decided");
+    let ends = decision.ends().cloned();
     // 3. Act.
     let (new, action) = act(ctx, ib, &old, decision, now).await?;
     // 4. Update status, only when it changed.
     if old != new {
         super::apply_status(ctx, ib, &new).await?;
+    }
+    // Only a stored record lets the build's traces go: after a 409 or a
+    // crash before this point, the next reconcile finds the result again.
+    if let Some(current) = ends {
+        forget(ctx, &current);
     }
     Ok(action)
 }
@@ -123,14 +129,26 @@ async fn act(
             stop_build(ctx, ib, &current).await?;
             finish_failed(ctx, ib, old, &current, &message, true, now).await
         }
-        BuildDecision::Lost { current, message } => {
-            finish_failed(ctx, ib, old, &current, &message, true, now).await
-        }
-        BuildDecision::Finished {
+        BuildDecision::Failed {
             current,
-            result,
+            message,
+            retryable,
+        } => finish_failed(ctx, ib, old, &current, &message, retryable, now).await,
+        BuildDecision::Interrupted { current, message } => {
+            warn!(build_id = %current.build_id, %message, "build interrupted; starting it again");
+            let s = status::interrupted(old, &current, &message, generation, now);
+            let note = format!(
+                "build {} was interrupted ({message}); starting it again",
+                current.build_id
+            );
+            build_event(ctx, ib, EventType::Normal, reasons::INTERRUPTED, note).await;
+            (s, Action::requeue(Duration::from_secs(1)))
+        }
+        BuildDecision::Succeeded {
+            current,
+            artifacts,
             inputs,
-        } => finish(ctx, ib, old, &current, result, &inputs, now).await?,
+        } => finish(ctx, ib, old, &current, artifacts, &inputs, now).await?,
         BuildDecision::RetryAt(at) => {
             let wait = at
                 .duration_since(now)
@@ -213,6 +231,7 @@ async fn start_build(
         },
         secret_env: resolved.secret_env.clone(),
         timeout: decide::timeout(&ib.spec),
+        grace: ctx.config.build_grace,
         service_account: ib
             .spec
             .executor
@@ -295,34 +314,17 @@ fn forget(ctx: &Context, current: &CurrentBuild) {
     }
 }
 
-/// Records a finished build: a success once the provider verified and
-/// claimed its images.
+/// Records a build that produced images, once the provider verified and
+/// claimed them.
 async fn finish(
     ctx: &Context,
     ib: &ImageBuild,
     old: &ImageBuildStatus,
     current: &CurrentBuild,
-    result: RunnerResult,
+    artifacts: Vec<RegionArtifact>,
     inputs: &Resolved,
     now: Timestamp,
 ) -> Result<(ImageBuildStatus, Action), Error> {
-    let RunnerResult {
-        outcome,
-        artifacts,
-        message,
-        ..
-    } = result;
-    match outcome {
-        Outcome::Invalid => {
-            let message = message.as_deref().unwrap_or("packer validate failed");
-            return Ok(finish_failed(ctx, ib, old, current, message, false, now).await);
-        }
-        Outcome::Failed => {
-            let message = message.as_deref().unwrap_or("packer build failed");
-            return Ok(finish_failed(ctx, ib, old, current, message, true, now).await);
-        }
-        Outcome::Succeeded => {}
-    }
     let owner = Owner {
         namespace: ib.namespace().unwrap_or_default(),
         image_build: ib.name_any(),
@@ -338,7 +340,6 @@ async fn finish(
             return Ok(finish_failed(ctx, ib, old, current, &message, true, now).await);
         }
     };
-    forget(ctx, current);
     ctx.metrics
         .builds_succeeded
         .get_or_create(&executor_label(current.executor))
@@ -383,7 +384,6 @@ async fn finish_failed(
     retryable: bool,
     now: Timestamp,
 ) -> (ImageBuildStatus, Action) {
-    forget(ctx, current);
     ctx.metrics
         .builds_failed
         .get_or_create(&executor_label(current.executor))

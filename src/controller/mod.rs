@@ -67,6 +67,9 @@ pub struct Config {
     pub resync: Duration,
     /// Extra environment of process-executor runners.
     pub runner_env: Vec<(String, String)>,
+    /// How long a stopped build may take to clean up (Packer deletes its
+    /// instance, key pair and security group); see docs/crash-safety.md.
+    pub build_grace: Duration,
 }
 
 /// Shared by every reconcile.
@@ -238,7 +241,7 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(image_policy::reconcile, policy_error_policy, ctx)
+        .run(image_policy::reconcile, policy_error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "policy reconcile loop");
@@ -246,6 +249,10 @@ pub async fn run(
         });
     futures::join!(build_loop, policy_loop);
     ready.store(false, Ordering::Relaxed);
+    // Process builds are stopped the way Packer can clean up after: SIGTERM,
+    // then the grace period. Each leaves an interrupted result that the next
+    // controller adopts.
+    ctx.process.shutdown().await;
     tracing::info!("controller stopped");
 }
 

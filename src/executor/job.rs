@@ -23,7 +23,7 @@ use super::{ExecutorError, Launch};
 use crate::{
     api::ImageBuild,
     image_build::run::RunState,
-    packer::runner::{REQUEST_ENV, RunnerResult, SECRET_ENV},
+    packer::runner::{GRACE_ENV, Outcome, REQUEST_ENV, RunnerResult, SECRET_ENV},
 };
 
 /// Label naming the ImageBuild a Job builds.
@@ -58,6 +58,7 @@ pub fn job_for(ib: &ImageBuild, job_name: &str, launch: &Launch, image: &str) ->
         plain("HOME", "/tmp".into()),
         plain("TMPDIR", "/tmp".into()),
         plain("CHECKPOINT_DISABLE", "1".into()),
+        plain(GRACE_ENV, launch.grace.as_secs().to_string()),
     ];
     env.extend(launch.secret_env.iter().map(|e| EnvVar {
         name: e.name.clone(),
@@ -132,6 +133,11 @@ pub fn job_for(ib: &ImageBuild, job_name: &str, launch: &Launch, image: &str) ->
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    // Room for Packer to cancel and clean up after SIGTERM
+                    // (the runner forwards it), plus a margin.
+                    termination_grace_period_seconds: Some(
+                        i64::try_from(launch.grace.as_secs()).unwrap_or(i64::MAX) + 30,
+                    ),
                     service_account_name: launch.service_account.clone(),
                     // The runner needs no API access; a named ServiceAccount is
                     // for cloud identity (IRSA, Workload Identity), which needs
@@ -238,6 +244,15 @@ impl JobExecutor {
                     .and_then(|t| t.message.clone());
                 if let Some(message) = message {
                     return Ok(match serde_json::from_str::<RunnerResult>(&message) {
+                        // A Job's name is its build ID, so a stopped Pod
+                        // (eviction, deadline) counts as a failed attempt and
+                        // the retry gets a Job of its own.
+                        Ok(result) if result.outcome == Outcome::Interrupted => {
+                            RunState::Lost(format!(
+                                "the build Pod was stopped: {}",
+                                result.message.unwrap_or_default()
+                            ))
+                        }
                         Ok(result) => RunState::Finished(result),
                         Err(_) => RunState::Lost(format!(
                             "the build Pod ended without a result: {}",

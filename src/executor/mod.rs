@@ -44,6 +44,8 @@ pub struct Launch {
     pub secret_env: Vec<SecretEnv>,
     /// Longest the build may run.
     pub timeout: Duration,
+    /// How long Packer may take to clean up once the build is stopped.
+    pub grace: Duration,
     /// ServiceAccount for the Job.
     pub service_account: Option<String>,
 }
@@ -71,4 +73,7 @@ pub enum ExecutorError {
     /// Serialization of the request failed.
     #[error("encoding the build request: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The controller is shutting down and starts no build.
+    #[error("the controller is shutting down")]
+    ShuttingDown,
 }

@@ -9,13 +9,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Version,
@@ -135,6 +134,13 @@ pub fn tail(text: &str, max: usize) -> String {
     format!("...\n{cut}")
 }
 
+/// How long Packer may take to cancel and clean up after the runner is told
+/// to stop, unless `$KILN_BUILD_GRACE_SECONDS` says otherwise. A Job's
+/// `terminationGracePeriodSeconds` and the chart's leave room for it.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+/// Environment variable overriding [`DEFAULT_GRACE`], in seconds.
+pub const GRACE_ENV: &str = "KILN_BUILD_GRACE_SECONDS";
+
 /// Where and how the runner works.
 #[derive(Clone, Debug)]
 pub struct RunnerOptions {
@@ -142,6 +148,52 @@ pub struct RunnerOptions {
     pub packer: PathBuf,
     /// Directory to work in (created; the template and var-file go here).
     pub workdir: PathBuf,
+    /// Cancelled when the runner must stop (SIGTERM or SIGINT).
+    pub stop: CancellationToken,
+    /// How long Packer may take to clean up after `stop`.
+    pub grace: Duration,
+}
+
+impl RunnerOptions {
+    /// Options for `packer` in `workdir`, never stopped, with the default grace.
+    pub fn new(packer: PathBuf, workdir: PathBuf) -> RunnerOptions {
+        RunnerOptions {
+            packer,
+            workdir,
+            stop: CancellationToken::new(),
+            grace: DEFAULT_GRACE,
+        }
+    }
+
+    /// Stops on SIGTERM or SIGINT (the first one; Packer gets exactly one
+    /// SIGTERM), with the grace from `$KILN_BUILD_GRACE_SECONDS`.
+    pub fn stopped_by_signals(mut self) -> std::io::Result<RunnerOptions> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.cancel();
+            // Later signals are absorbed: the first one already stops Packer.
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+        });
+        if let Some(seconds) = std::env::var(GRACE_ENV)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            self.grace = Duration::from_secs(seconds);
+        }
+        Ok(self)
+    }
 }
 
 /// Why the runner could not even start Packer.
@@ -256,7 +308,15 @@ pub async fn run(
         ));
     }
 
-    let build = packer_streaming(
+    if options.stop.is_cancelled() {
+        return Ok(result(
+            Outcome::Interrupted,
+            Some("stopped before packer build started".into()),
+            vec![],
+            version,
+        ));
+    }
+    let (build, interrupted) = packer_streaming(
         options,
         dir,
         &["build", "-machine-readable", "-color=false", &var_arg, "."],
@@ -265,6 +325,23 @@ pub async fn run(
     .await
     .map_err(io("running packer build"))?;
     let summary = Summary::from_output(&build.stdout);
+    if interrupted {
+        let cleaned = build.stdout.contains("Cleanly cancelled builds")
+            || build.stderr.contains("Cleanly cancelled builds");
+        return Ok(result(
+            Outcome::Interrupted,
+            Some(if cleaned {
+                "stopped; packer cancelled the build and cleaned up".into()
+            } else {
+                format!(
+                    "stopped; packer did not report a clean cancellation:\n{}",
+                    summary.errors.join("\n")
+                )
+            }),
+            vec![],
+            version,
+        ));
+    }
     if !build.success {
         let errors = if summary.errors.is_empty() {
             build.combined()
@@ -425,14 +502,22 @@ async fn packer(options: &RunnerOptions, dir: &Path, args: &[&str]) -> std::io::
     })
 }
 
-/// Runs packer, echoing its `ui` messages to the log as they come (builds
-/// take minutes to hours) and keeping the whole stream for parsing.
+/// Runs `packer build`, echoing its `ui` messages to the log as they come
+/// (builds take minutes to hours) and keeping the whole stream for parsing.
+///
+/// Packer writes to files, not pipes: if the runner dies, a Packer still
+/// cleaning up would otherwise be killed by a broken pipe mid-cleanup. When
+/// the runner is told to stop, Packer gets SIGTERM once (it cancels the build
+/// and deletes its instance, key pair and security group) and up to
+/// `options.grace` to finish; only then is it killed.
 async fn packer_streaming(
     options: &RunnerOptions,
     dir: &Path,
     args: &[&str],
     redactor: &Redactor,
-) -> std::io::Result<Output> {
+) -> std::io::Result<(Output, bool)> {
+    let out_path = dir.join("packer.out");
+    let err_path = dir.join("packer.err");
     let mut cmd = Command::new(&options.packer);
     crate::child::die_with_parent(&mut cmd);
     let mut child = cmd
@@ -440,46 +525,100 @@ async fn packer_streaming(
         .current_dir(dir)
         .env("CHECKPOINT_DISABLE", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
         .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stdout"))?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stderr"))?;
-    let err_task = tokio::spawn(async move {
-        let mut buf = String::new();
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            buf.push_str(&line);
-            buf.push('\n');
-        }
-        buf
-    });
+    let mut reader = LineTail::open(&out_path).await?;
     let mut all = String::new();
-    let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await? {
-        if let Some(parsed) = super::machine_readable::parse_line(&line)
-            && parsed.kind == "ui"
-            && let Some(text) = parsed.data.get(1)
-        {
-            tracing::info!(target: "kiln::packer", "{}", redactor.redact(text.trim_end()));
+    let echo = |all: &mut String, lines: Vec<String>| {
+        for line in lines {
+            if let Some(parsed) = super::machine_readable::parse_line(&line)
+                && parsed.kind == "ui"
+                && let Some(text) = parsed.data.get(1)
+            {
+                tracing::info!(target: "kiln::packer", "{}", redactor.redact(text.trim_end()));
+            }
+            all.push_str(&line);
+            all.push('\n');
         }
-        all.push_str(&line);
-        all.push('\n');
+    };
+    let mut interrupted = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let status = loop {
+        let tick = tokio::time::sleep(Duration::from_millis(250));
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = options.stop.cancelled(), if !interrupted => {
+                interrupted = true;
+                tracing::warn!(grace_seconds = options.grace.as_secs(), "stopping: packer cancels the build and cleans up");
+                signal(&child, libc::SIGTERM);
+                deadline = Some(tokio::time::Instant::now() + options.grace);
+            }
+            () = tick => {
+                echo(&mut all, reader.read_lines().await?);
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    tracing::error!("packer did not finish cleaning up within the grace period; killing it");
+                    child.kill().await?;
+                }
+            }
+        }
+    };
+    echo(&mut all, reader.read_lines().await?);
+    if let Some(rest) = reader.rest() {
+        echo(&mut all, vec![rest]);
     }
-    let status = child.wait().await?;
-    let stderr = err_task.await.unwrap_or_default();
-    Ok(Output {
-        success: status.success(),
-        stdout: all,
-        stderr,
-    })
+    let stderr = tokio::fs::read_to_string(&err_path)
+        .await
+        .unwrap_or_default();
+    Ok((
+        Output {
+            success: status.success(),
+            stdout: all,
+            stderr,
+        },
+        interrupted,
+    ))
+}
+
+fn signal(child: &tokio::process::Child, signal: i32) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Reads whole lines appended to a file since the last read.
+struct LineTail {
+    file: tokio::fs::File,
+    partial: String,
+}
+
+impl LineTail {
+    async fn open(path: &Path) -> std::io::Result<LineTail> {
+        Ok(LineTail {
+            file: tokio::fs::File::open(path).await?,
+            partial: String::new(),
+        })
+    }
+
+    async fn read_lines(&mut self) -> std::io::Result<Vec<String>> {
+        use tokio::io::AsyncReadExt as _;
+        let mut bytes = Vec::new();
+        self.file.read_to_end(&mut bytes).await?;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let Some(end) = self.partial.rfind('\n') else {
+            return Ok(Vec::new());
+        };
+        let complete: String = self.partial.drain(..=end).collect();
+        Ok(complete.lines().map(str::to_owned).collect())
+    }
+
+    /// A last line without a newline.
+    fn rest(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
+    }
 }
 
 #[cfg(test)]

@@ -188,8 +188,10 @@ impl KilnController {
             .arg("controller")
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
+            // One work directory for every controller of a test, as a
+            // restarted controller has: it finds what its predecessor left.
             .arg("--workdir")
-            .arg(dir.join("builds"))
+            .arg(dir.parent().unwrap_or(dir).join("builds"))
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kiln=debug,kube=warn")
@@ -505,4 +507,63 @@ pub fn tag<'a>(image: &'a aws_sdk_ec2::types::Image, key: &str) -> Option<&'a st
         .iter()
         .find(|t| t.key() == Some(key))
         .and_then(|t| t.value())
+}
+
+/// What a Packer build leaves in a region when it does not clean up: key
+/// pairs, `packer_*` security groups and instances not terminated.
+pub async fn leftovers(aws: &kiln::provider::aws::Aws, region: &str) -> Vec<String> {
+    let client = aws.client(region).await;
+    let mut out = Vec::new();
+    let keys = client
+        .describe_key_pairs()
+        .send()
+        .await
+        .expect("DescribeKeyPairs");
+    out.extend(
+        keys.key_pairs()
+            .iter()
+            .map(|k| format!("key pair {}", k.key_name().unwrap_or_default())),
+    );
+    let groups = client
+        .describe_security_groups()
+        .send()
+        .await
+        .expect("DescribeSecurityGroups");
+    out.extend(
+        groups
+            .security_groups()
+            .iter()
+            .filter(|g| g.group_name().is_some_and(|n| n.starts_with("packer")))
+            .map(|g| format!("security group {}", g.group_name().unwrap_or_default())),
+    );
+    let instances = client
+        .describe_instances()
+        .send()
+        .await
+        .expect("DescribeInstances");
+    out.extend(
+        instances
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| {
+                i.state().and_then(|s| s.name())
+                    != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
+            })
+            .map(|i| format!("instance {}", i.instance_id().unwrap_or_default())),
+    );
+    out
+}
+
+/// Waits until the controller's log (its runners' included) contains `text`.
+pub async fn wait_log(controller: &KilnController, text: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !controller.log_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log after {limit:?}:\n{}",
+            controller.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -11,6 +11,9 @@ pub const SUCCEEDED: &str = "Succeeded";
 pub const BUILD_FAILED: &str = "BuildFailed";
 /// The `Reconciling` reason while a retry waits for its time.
 pub const RETRY_SCHEDULED: &str = "RetryScheduled";
+/// A build was stopped by a controller shutdown or restart; it starts again
+/// (`Reconciling`, and an Event).
+pub const INTERRUPTED: &str = "Interrupted";
 /// `packer validate` refused the template or variables (stalled).
 pub const BUILD_INVALID: &str = "BuildInvalid";
 /// Every retry failed (stalled).
@@ -68,6 +71,7 @@ pub const ALL: &[&str] = &[
     SUCCEEDED,
     BUILD_FAILED,
     RETRY_SCHEDULED,
+    INTERRUPTED,
     BUILD_INVALID,
     RETRIES_EXHAUSTED,
     INVALID_SCHEDULE,

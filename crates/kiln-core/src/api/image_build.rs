@@ -711,4 +711,7 @@ pub enum BuildResult {
     Succeeded,
     /// Packer or verification failed.
     Failed,
+    /// Stopped by a controller shutdown or restart and started again; not a
+    /// failed attempt.
+    Interrupted,
 }

@@ -5,13 +5,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 pub use super::run::RunState;
-use super::run::RunnerResult;
+use super::run::{Outcome, RunnerResult};
 use super::{
     identity::{build_id, build_key},
     schedule::Schedule,
 };
 use crate::{
-    api::{CurrentBuild, ImageBuildSpec, ImageBuildStatus},
+    api::{CurrentBuild, ImageBuildSpec, ImageBuildStatus, RegionArtifact},
     reasons,
 };
 
@@ -111,20 +111,32 @@ pub enum BuildDecision<I> {
         /// The message to record.
         message: String,
     },
-    /// The running build finished: record it (after verifying a success).
-    Finished {
+    /// The running build produced images: verify and record them.
+    Succeeded {
         /// The build that finished.
         current: CurrentBuild,
-        /// The runner's report.
-        result: RunnerResult,
+        /// Images per region, as the runner reported them.
+        artifacts: Vec<RegionArtifact>,
         /// Its inputs as they are now (the provider verifies the images).
         inputs: I,
     },
-    /// The running build vanished: record a retryable failure.
-    Lost {
-        /// The build that vanished.
+    /// The running build failed, or vanished without a report: record a
+    /// failed attempt.
+    Failed {
+        /// The build that failed.
         current: CurrentBuild,
-        /// Why it counts as lost.
+        /// What went wrong.
+        message: String,
+        /// Whether another attempt may succeed (`packer validate` failures
+        /// never do).
+        retryable: bool,
+    },
+    /// The running build was stopped by a controller shutdown or restart:
+    /// record that, count no failure, and build again.
+    Interrupted {
+        /// The build that was stopped.
+        current: CurrentBuild,
+        /// What stopped it.
         message: String,
     },
     /// A failed build is retried at this time.
@@ -149,9 +161,67 @@ pub enum BuildDecision<I> {
     UpToDate,
 }
 
+impl<I> BuildDecision<I> {
+    /// The current build this decision records as ended, if any. Its traces
+    /// (a process executor's result file) may go once that record is stored,
+    /// not before: a failed status write must find the result again.
+    pub fn ends(&self) -> Option<&CurrentBuild> {
+        match self {
+            BuildDecision::TimedOut { current, .. }
+            | BuildDecision::Succeeded { current, .. }
+            | BuildDecision::Failed { current, .. }
+            | BuildDecision::Interrupted { current, .. } => Some(current),
+            _ => None,
+        }
+    }
+}
+
 /// The build timeout of a spec.
 pub fn timeout(spec: &ImageBuildSpec) -> Duration {
     spec.timeout.map_or(DEFAULT_TIMEOUT, |d| d.into())
+}
+
+/// What a finished run means.
+fn finished<I: Clone>(
+    current: &CurrentBuild,
+    result: &RunnerResult,
+    inputs: &Option<Result<Inputs<I>, InputProblem>>,
+) -> BuildDecision<I> {
+    let message = |default: &str| result.message.clone().unwrap_or_else(|| default.into());
+    let current = current.clone();
+    match result.outcome {
+        Outcome::Invalid => BuildDecision::Failed {
+            current,
+            message: message("packer validate failed"),
+            retryable: false,
+        },
+        Outcome::Failed => BuildDecision::Failed {
+            current,
+            message: message("packer build failed"),
+            retryable: true,
+        },
+        Outcome::Interrupted => BuildDecision::Interrupted {
+            current,
+            message: message("the runner was stopped"),
+        },
+        Outcome::Succeeded => match inputs {
+            Some(Ok(inputs)) => BuildDecision::Succeeded {
+                current,
+                artifacts: result.artifacts.clone(),
+                inputs: inputs.resolved.clone(),
+            },
+            // The inputs vanished after the build started (a Secret was
+            // deleted): the images still have to be claimed, so wait.
+            Some(Err(problem)) => BuildDecision::Waiting {
+                reason: reasons::DEPENDENCY_NOT_FOUND,
+                message: format!(
+                    "build {} finished, but its inputs can no longer be read: {problem:?}",
+                    current.build_id
+                ),
+            },
+            None => BuildDecision::Wait(POLL_DEPENDENCY),
+        },
+    }
 }
 
 /// Decides the next step.
@@ -160,26 +230,15 @@ pub fn decide<I: Clone>(o: &Observation<'_, I>) -> BuildDecision<I> {
     // be recorded, and a changed spec builds again afterwards.
     if let Some(current) = &o.status.current_build {
         return match &o.run {
-            Some(RunState::Finished(result)) => match &o.inputs {
-                Some(Ok(inputs)) => BuildDecision::Finished {
-                    current: current.clone(),
-                    result: result.clone(),
-                    inputs: inputs.resolved.clone(),
-                },
-                // The inputs vanished after the build started (a Secret was
-                // deleted): the images still have to be claimed, so wait.
-                Some(Err(problem)) => BuildDecision::Waiting {
-                    reason: reasons::DEPENDENCY_NOT_FOUND,
-                    message: format!(
-                        "build {} finished, but its inputs can no longer be read: {problem:?}",
-                        current.build_id
-                    ),
-                },
-                None => BuildDecision::Wait(POLL_DEPENDENCY),
-            },
-            Some(RunState::Lost(why)) => BuildDecision::Lost {
+            Some(RunState::Finished(result)) => finished(current, result, &o.inputs),
+            Some(RunState::Interrupted(why)) => BuildDecision::Interrupted {
                 current: current.clone(),
                 message: why.clone(),
+            },
+            Some(RunState::Lost(why)) => BuildDecision::Failed {
+                current: current.clone(),
+                message: why.clone(),
+                retryable: true,
             },
             Some(RunState::Running) | None => {
                 let limit = timeout(o.spec);
@@ -346,7 +405,7 @@ mod tests {
     use super::*;
     use crate::{
         api::{ImageBuildStatus, RegionArtifact},
-        image_build::{run::Outcome, status},
+        image_build::status,
     };
 
     const UID: &str = "0b6f7c1e-uid";
@@ -387,6 +446,16 @@ retry: {limit: 2, backoff: 10s, maxBackoff: 30s}
             inputs: Some(Ok(inputs(HASH))),
             run: None,
             now: at(now),
+        }
+    }
+
+    fn result_of(outcome: Outcome) -> RunnerResult {
+        RunnerResult {
+            build_id: "x".into(),
+            outcome,
+            artifacts: vec![],
+            message: None,
+            packer_version: None,
         }
     }
 
@@ -602,20 +671,68 @@ currentBuild:
         let current = st.current_build.clone().expect("current");
         assert_eq!(
             decide(&o),
-            BuildDecision::Finished {
+            BuildDecision::Succeeded {
                 current: current.clone(),
-                result,
+                artifacts: vec![],
                 inputs: ()
             }
         );
         o.run = Some(RunState::Lost("gone".into()));
         assert_eq!(
             decide(&o),
-            BuildDecision::Lost {
-                current,
-                message: "gone".into()
+            BuildDecision::Failed {
+                current: current.clone(),
+                message: "gone".into(),
+                retryable: true
             }
         );
+        o.run = Some(RunState::Finished(result_of(Outcome::Invalid)));
+        assert_eq!(
+            decide(&o),
+            BuildDecision::Failed {
+                current: current.clone(),
+                message: "packer validate failed".into(),
+                retryable: false
+            }
+        );
+        o.run = Some(RunState::Interrupted("restart".into()));
+        assert_eq!(
+            decide(&o),
+            BuildDecision::Interrupted {
+                current: current.clone(),
+                message: "restart".into()
+            }
+        );
+        // A runner that reports it was stopped is interrupted, not failed.
+        o.run = Some(RunState::Finished(RunnerResult {
+            message: Some("stopped".into()),
+            ..result_of(Outcome::Interrupted)
+        }));
+        assert_eq!(
+            decide(&o),
+            BuildDecision::Interrupted {
+                current,
+                message: "stopped".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_interrupted_build_starts_the_same_attempt_again() {
+        let s = base_spec();
+        let cur = running(1).current_build.expect("current");
+        let t0 = at("2026-11-22T10:02:00Z");
+        let after = status::interrupted(&running(1), &cur, "controller restart", Some(1), t0);
+        assert_eq!(after.last_failure, None);
+        assert_eq!(
+            after.history[0].result,
+            crate::api::BuildResult::Interrupted
+        );
+        let BuildDecision::Start(again) = decide(&observe(&s, &after, "2026-11-22T10:02:01Z"))
+        else {
+            panic!("expected Start")
+        };
+        assert_eq!((again.attempt, again.build_id), (1, cur.build_id));
     }
 
     #[test]

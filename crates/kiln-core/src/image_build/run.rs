@@ -13,8 +13,12 @@ pub enum RunState {
     /// Finished with the runner's report.
     Finished(RunnerResult),
     /// Finished without a report (the Job failed before the runner could
-    /// write one, or the process was orphaned by a controller restart).
+    /// write one): a failed attempt.
     Lost(String),
+    /// Stopped by a controller shutdown or restart, not by its own fault:
+    /// Packer was told to cancel and clean up. Not a failed attempt; the same
+    /// build starts again.
+    Interrupted(String),
 }
 
 /// How a run ended.
@@ -27,6 +31,9 @@ pub enum Outcome {
     Invalid,
     /// `packer build` (or init) failed; a retry may succeed.
     Failed,
+    /// The runner was told to stop (SIGTERM or SIGINT); Packer cancelled the
+    /// build and cleaned up what it had made.
+    Interrupted,
 }
 
 /// The runner's report, small enough for a termination message.

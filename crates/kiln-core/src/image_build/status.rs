@@ -288,6 +288,34 @@ pub fn waiting(
 }
 
 /// A retry is scheduled; conditions already say so.
+/// A build stopped by a controller shutdown or restart: recorded in the
+/// history but counted as no failure, so the next decision starts the same
+/// attempt again.
+pub fn interrupted(
+    status: &ImageBuildStatus,
+    current: &CurrentBuild,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> ImageBuildStatus {
+    let mut s = base(status, generation);
+    record(
+        &mut s,
+        current,
+        BuildResult::Interrupted,
+        Some(message.to_owned()),
+        Vec::new(),
+        now,
+    );
+    s.phase = Some(BuildPhase::Pending);
+    let text = format!(
+        "build {} was interrupted ({message}); starting it again",
+        current.build_id
+    );
+    progressing(&mut s, reasons::INTERRUPTED, &text, generation, now);
+    s
+}
+
 pub fn retry_scheduled(status: &ImageBuildStatus, generation: Option<i64>) -> ImageBuildStatus {
     base(status, generation)
 }
