@@ -47,27 +47,18 @@ pub async fn render(client: &Client, path: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Left-aligned columns separated by three spaces, like kubectl.
+/// Left-aligned columns separated by three spaces, like kubectl: no
+/// borders, no spaces at line ends.
 pub fn format_rows(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(header)
+        .add_rows(rows);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 3));
     }
-    let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("   ").trim_end().to_owned()
-    };
-    let mut out = line(header);
-    for row in rows {
-        out.push('\n');
-        out.push_str(&line(row));
-    }
+    let mut out = table.trim_fmt();
     out.push('\n');
     out
 }
@@ -86,5 +77,26 @@ mod tests {
             ],
         );
         assert_eq!(out, "NAME       READY\nweb        True\ndatabase   False\n");
+    }
+
+    #[test]
+    fn prints_kubectl_style_exactly() {
+        let header = ["REGION", "IMAGE", "BUILD-ID", "LATEST"].map(String::from);
+        let row = |cells: [&str; 4]| cells.map(String::from).to_vec();
+        let out = format_rows(
+            &header,
+            &[
+                row(["us-east-1", "ami-0123456789abcdef0", "b-2", "yes"]),
+                row(["eu-west-1", "ami-1", "", ""]),
+            ],
+        );
+        assert_eq!(
+            out,
+            "REGION      IMAGE                   BUILD-ID   LATEST\n\
+             us-east-1   ami-0123456789abcdef0   b-2        yes\n\
+             eu-west-1   ami-1\n"
+        );
+        // No rows: the header alone.
+        assert_eq!(format_rows(&header[..2], &[]), "REGION   IMAGE\n");
     }
 }

@@ -3,20 +3,25 @@
 //! Pure: [`Schedule::prev`] and [`Schedule::next`] find fire times around an
 //! instant; `decide` rebuilds when the latest image predates the most recent
 //! one.
+//!
+//! kiln parses the expression itself, so that an error names the field and
+//! only the grammar kiln documents is accepted (croner would also take
+//! seconds, years, `L`, `W`, `#`, a `+` day-of-week, and names in any field).
+//! The parsed fields go to croner as plain numbers and `*`, and croner finds
+//! the fire times, with Vixie cron's rule for the two day fields.
 
-use jiff::{Timestamp, civil, tz::TimeZone};
+use croner::{
+    Cron,
+    parser::{CronParser, Seconds, Year},
+};
+use jiff::{Timestamp, tz::TimeZone};
 
 /// A parsed schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
-    minutes: u64,
-    hours: u32,
-    days: u32,
-    months: u16,
-    weekdays: u8,
-    /// Day-of-month and day-of-week were both restricted: cron fires when
-    /// either matches.
-    either_day: bool,
+    cron: Cron,
+    /// False when no date matches (February 30th).
+    fires: bool,
 }
 
 /// Why a schedule does not parse.
@@ -28,8 +33,17 @@ const MONTHS: [&str; 12] = [
     "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
 ];
 const WEEKDAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-/// Far enough to find `0 0 29 2 *` from any day (leap years can be 8 apart).
-const SEARCH_DAYS: i32 = 366 * 9;
+/// The most days each month can have.
+const MONTH_DAYS: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+/// The five fields, in order; day-of-week 7 is Sunday too (croner folds it
+/// into 0).
+const FIELDS: [Field; 5] = [
+    Field::new("minute", 0, 59, &[]),
+    Field::new("hour", 0, 23, &[]),
+    Field::new("day-of-month", 1, 31, &[]),
+    Field::new("month", 1, 12, &MONTHS),
+    Field::new("day-of-week", 0, 7, &WEEKDAYS),
+];
 
 struct Field {
     name: &'static str,
@@ -39,6 +53,15 @@ struct Field {
 }
 
 impl Field {
+    const fn new(name: &'static str, min: u32, max: u32, names: &'static [&'static str]) -> Self {
+        Field {
+            name,
+            min,
+            max,
+            names,
+        }
+    }
+
     fn value(&self, s: &str) -> Result<u32, ScheduleError> {
         let upper = s.to_ascii_uppercase();
         if let Some(i) = self.names.iter().position(|n| *n == upper) {
@@ -94,6 +117,18 @@ impl Field {
         }
         Ok((bits, star))
     }
+
+    /// The field as croner reads it: `*`, or the list of its values.
+    fn canonical(&self, (bits, star): (u64, bool)) -> String {
+        if star {
+            return "*".to_owned();
+        }
+        let values: Vec<String> = (self.min..=self.max)
+            .filter(|v| bits & (1 << v) != 0)
+            .map(|v| v.to_string())
+            .collect();
+        values.join(",")
+    }
 }
 
 impl Schedule {
@@ -109,110 +144,59 @@ impl Schedule {
             "@yearly" | "@annually" => "0 0 1 1 *",
             other => other,
         };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        let [minute, hour, dom, month, dow] = fields[..] else {
+        let texts: Vec<&str> = expanded.split_whitespace().collect();
+        if texts.len() != FIELDS.len() {
             return Err(ScheduleError(format!(
                 "'{text}' has {} fields; cron takes five (minute hour day-of-month month day-of-week) or a macro such as @weekly",
-                fields.len()
+                texts.len()
             )));
-        };
-        let field = |name, min, max, names| Field {
-            name,
-            min,
-            max,
-            names,
-        };
-        let (minutes, _) = field("minute", 0, 59, &[]).parse(minute)?;
-        let (hours, _) = field("hour", 0, 23, &[]).parse(hour)?;
-        let (days, dom_star) = field("day-of-month", 1, 31, &[]).parse(dom)?;
-        let (months, _) = field("month", 1, 12, &MONTHS).parse(month)?;
-        let (weekdays, dow_star) = field("day-of-week", 0, 7, &WEEKDAYS).parse(dow)?;
-        // 7 in a range (`5-7`) is Sunday too.
-        let weekdays = (weekdays | (weekdays >> 7)) & 0x7f;
-        Ok(Schedule {
-            minutes,
-            hours: hours as u32,
-            days: days as u32,
-            months: months as u16,
-            weekdays: weekdays as u8,
-            either_day: !dom_star && !dow_star,
-        })
+        }
+        let mut parsed = [(0, false); 5];
+        for ((field, text), out) in FIELDS.iter().zip(texts).zip(&mut parsed) {
+            *out = field.parse(text)?;
+        }
+        // croner searches up to year 5000 before it gives up on a day no
+        // selected month has (February 30th); tell it at once.
+        let [_, _, (days, dom_star), (months, _), (_, dow_star)] = parsed;
+        let fires = dom_star
+            || !dow_star
+            || (1..=12).any(|m| {
+                months & (1 << m) != 0 && days & !(u64::MAX << (MONTH_DAYS[m - 1] + 1)) != 0
+            });
+        // Plain numbers and `*` only, so croner's extensions stay out.
+        let pattern: Vec<String> = FIELDS
+            .iter()
+            .zip(parsed)
+            .map(|(field, bits)| field.canonical(bits))
+            .collect();
+        CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            // Both day fields restricted: either matches, as in Vixie cron.
+            .dom_and_dow(false)
+            .build()
+            .parse(&pattern.join(" "))
+            .map(|cron| Schedule { cron, fires })
+            .map_err(|e| ScheduleError(format!("'{text}': {e}")))
     }
 
-    fn day_matches(&self, d: civil::Date) -> bool {
-        if self.months & (1 << d.month()) == 0 {
-            return false;
-        }
-        let dom = self.days & (1 << d.day()) != 0;
-        let dow = self.weekdays & (1 << d.weekday().to_sunday_zero_offset()) != 0;
-        if self.either_day {
-            dom || dow
-        } else {
-            dom && dow
-        }
-    }
-
-    /// The latest fire time at or before `at`, if one is within nine years.
+    /// The latest fire time at or before `at`.
     pub fn prev(&self, at: Timestamp) -> Option<Timestamp> {
-        let start = at.to_zoned(TimeZone::UTC).datetime();
-        let mut day = start.date();
-        for i in 0..SEARCH_DAYS {
-            if self.day_matches(day) {
-                let top_hour = if i == 0 { start.hour() } else { 23 };
-                for h in (0..=top_hour).rev() {
-                    if self.hours & (1 << h) == 0 {
-                        continue;
-                    }
-                    let top_minute = if i == 0 && h == start.hour() {
-                        start.minute()
-                    } else {
-                        59
-                    };
-                    if let Some(m) = (0..=top_minute)
-                        .rev()
-                        .find(|m| self.minutes & (1 << m) != 0)
-                    {
-                        return utc(day, h, m);
-                    }
-                }
-            }
-            day = day.yesterday().ok()?;
-        }
-        None
+        let at = at.to_zoned(TimeZone::UTC);
+        let found = self
+            .fires
+            .then(|| self.cron.find_previous_occurrence(&at, true));
+        Some(found?.ok()?.timestamp())
     }
 
-    /// The first fire time after `at`, if one is within nine years.
+    /// The first fire time after `at`.
     pub fn next(&self, at: Timestamp) -> Option<Timestamp> {
-        let start = at.to_zoned(TimeZone::UTC).datetime();
-        let mut day = start.date();
-        for i in 0..SEARCH_DAYS {
-            if self.day_matches(day) {
-                let low_hour = if i == 0 { start.hour() } else { 0 };
-                for h in low_hour..=23 {
-                    if self.hours & (1 << h) == 0 {
-                        continue;
-                    }
-                    let low_minute = if i == 0 && h == start.hour() {
-                        start.minute() + 1
-                    } else {
-                        0
-                    };
-                    if let Some(m) = (low_minute..=59).find(|m| self.minutes & (1 << m) != 0) {
-                        return utc(day, h, m);
-                    }
-                }
-            }
-            day = day.tomorrow().ok()?;
-        }
-        None
+        let at = at.to_zoned(TimeZone::UTC);
+        let found = self
+            .fires
+            .then(|| self.cron.find_next_occurrence(&at, false));
+        Some(found?.ok()?.timestamp())
     }
-}
-
-fn utc(day: civil::Date, hour: i8, minute: i8) -> Option<Timestamp> {
-    day.at(hour, minute, 0, 0)
-        .to_zoned(TimeZone::UTC)
-        .ok()
-        .map(|z| z.timestamp())
 }
 
 #[cfg(test)]
@@ -284,5 +268,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_five_fields_and_the_documented_macros_parse() {
+        // croner reads all of these; kiln documents none of them.
+        for (expr, says) in [
+            ("0 0 3 * * 1", "has 6 fields"),        // seconds
+            ("0 3 * * 1 2027", "has 6 fields"),     // a year
+            ("0 0 3 * * 1 2027", "has 7 fields"),   // both
+            ("0 0 L * *", "day-of-month: 'L'"),     // last day
+            ("0 0 15W * *", "day-of-month: '15W'"), // nearest weekday
+            ("0 0 * * 5L", "day-of-week: '5L'"),    // last Friday
+            ("0 0 * * 1#2", "day-of-week: '1#2'"),  // second Monday
+            ("0 MON * * *", "hour: 'MON'"),         // names outside their field
+            ("0 0 * * JAN", "day-of-week: 'JAN'"),
+            ("/5 * * * *", "minute: '' is not"), // croner's sloppy ranges
+            ("@reboot", "has 1 fields"),
+            ("@every 1h", "has 2 fields"),
+        ] {
+            let e = Schedule::parse(expr).expect_err(expr);
+            assert!(e.to_string().contains(says), "{expr}: {e}");
+        }
+        // `?` still means `*`, in any field, as it always did here.
+        assert_eq!(
+            Schedule::parse("0 3 ? * 1").expect("dom ?"),
+            Schedule::parse("0 3 * * 1").expect("dom *")
+        );
+        let now = ts("2026-11-22T12:34:56Z");
+        assert_eq!(
+            Schedule::parse("?/15 ? * ? *").expect("?").prev(now),
+            Some(ts("2026-11-22T12:30:00Z"))
+        );
     }
 }
