@@ -271,6 +271,64 @@ async fn a_process_build_stopped_by_a_restart_is_cleaned_up_and_built_again() {
 }
 
 #[tokio::test]
+async fn an_image_build_deleted_mid_build_leaves_nothing_behind() {
+    let env = Env::start(false).await;
+    env.build_namespace(NS).await;
+    let controller = env
+        .controller("c", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let ib = image_build(
+        "doomed",
+        env.moto.endpoint(),
+        &["us-east-1"],
+        json!({"pause": "60"}),
+    );
+    api.create(&PostParams::default(), &ib)
+        .await
+        .expect("create");
+    wait_log(&controller, "Running local shell script", BUILD_TIMEOUT).await;
+    let running = api.get("doomed").await.expect("get");
+    assert!(
+        running
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "kiln.dev/build"),
+        "a running build holds the finalizer: {:?}",
+        running.metadata.finalizers
+    );
+
+    api.delete("doomed", &Default::default())
+        .await
+        .expect("delete");
+    let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
+    while api.get_opt("doomed").await.expect("get").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ImageBuild is still there:\n{}",
+            controller.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        leftovers(&env.ec2(), "us-east-1").await,
+        Vec::<String>::new(),
+        "Packer cleaned up the deleted ImageBuild's build"
+    );
+    assert!(amis(&env.ec2(), "us-east-1").await.is_empty());
+    assert!(
+        controller
+            .log_text()
+            .contains("ImageBuild deleted; stopping its build"),
+        "{}",
+        controller.log_text()
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
 async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
     let env = Env::start(false).await;
     env.build_namespace(NS).await;
@@ -321,6 +379,19 @@ async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
         amis(&env.ec2(), "us-east-1").await.is_empty(),
         "the stopped build made no AMI"
     );
+    // Stopping at the timeout lets Packer clean up (SIGTERM, then grace).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = leftovers(&env.ec2(), "us-east-1").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out build left {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     controller.stop().await;
 }
 

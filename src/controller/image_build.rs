@@ -2,7 +2,7 @@
 //! (what runs, what the spec refers to), decide (pure), act, update status
 //! (pure, written only when it changed).
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use kube::{
@@ -11,7 +11,7 @@ use kube::{
 };
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Context, Error, KILN_REQUESTED_AT, REQUESTED_AT, events, now};
+use super::{Context, Error, KILN_REQUESTED_AT, REQUESTED_AT, events, finalizer, now};
 use crate::{
     api::{CurrentBuild, ExecutorType, ImageBuild, ImageBuildStatus, RegionArtifact},
     conditions::{self, READY, STALLED},
@@ -23,7 +23,7 @@ use crate::{
         status,
     },
     metrics::BuildLabels,
-    packer::runner::BuildRequest,
+    packer::runner::{BuildRequest, Outcome},
     provider::{Owner, ProviderError},
     reasons,
 };
@@ -47,6 +47,9 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
     let uid = ib.uid().ok_or(Error::Metadata("uid"))?;
     let old = ib.status.clone().unwrap_or_default();
     let now = now();
+    if ib.metadata.deletion_timestamp.is_some() {
+        return deleted(ctx, ib, &old).await;
+    }
 
     // 1. Dereference.
     let (run, inputs) = dereference(ctx, ib, &old).await?;
@@ -62,18 +65,100 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
     });
     tracing::debug!(?decision, "decided");
     let ends = decision.ends().cloned();
+    // Intent before action: the finalizer is in place before a build
+    // starts, so deleting the ImageBuild cannot strand it.
+    let ib = match &decision {
+        BuildDecision::Start(_) if !finalizer::held(ib) => {
+            Cow::Owned(finalizer::add(ctx, ib).await?)
+        }
+        _ => Cow::Borrowed(ib),
+    };
     // 3. Act.
-    let (new, action) = act(ctx, ib, &old, decision, now).await?;
+    let (new, action) = act(ctx, &ib, &old, decision, now).await?;
     // 4. Update status, only when it changed.
-    if old != new {
-        super::apply_status(ctx, ib, &new).await?;
-    }
+    let stored = match old != new {
+        true => Cow::Owned(super::apply_status(ctx, &*ib, &new).await?),
+        false => ib,
+    };
     // Only a stored record lets the build's traces go: after a 409 or a
     // crash before this point, the next reconcile finds the result again.
     if let Some(current) = ends {
         forget(ctx, &current);
     }
+    if new.current_build.is_none() && finalizer::held(&stored) {
+        finalizer::remove(ctx, &stored).await?;
+    }
     Ok(action)
+}
+
+/// A deleted ImageBuild that holds kiln's finalizer: its build is stopped
+/// (Packer cleans up within the grace period), the images of a build that
+/// finished unrecorded are claimed so they stay findable, then the
+/// finalizer goes.
+async fn deleted(ctx: &Context, ib: &ImageBuild, old: &ImageBuildStatus) -> Result<Action, Error> {
+    if !finalizer::held(ib) {
+        return Ok(Action::await_change());
+    }
+    if let Some(current) = &old.current_build {
+        let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
+        let run = match current.executor {
+            ExecutorType::Process => ctx.process.observe(&current.build_id),
+            ExecutorType::Job => ctx.jobs.observe(&ns, &current.handle).await?,
+        };
+        match run {
+            RunState::Running => {
+                info!(build_id = %current.build_id, "ImageBuild deleted; stopping its build");
+                stop_build(ctx, ib, current, "the ImageBuild was deleted").await?;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            RunState::Finished(result) if result.outcome == Outcome::Succeeded => {
+                claim_orphans(ctx, ib, current, &result.artifacts).await;
+            }
+            _ => {}
+        }
+        forget(ctx, current);
+    }
+    finalizer::remove(ctx, ib).await?;
+    Ok(Action::await_change())
+}
+
+/// Tags the images of a build that finished while its ImageBuild was being
+/// deleted, so they are owned (and listed by `kiln images list`) rather
+/// than lost. Best effort: the deletion is not held up by a missing Secret.
+async fn claim_orphans(
+    ctx: &Context,
+    ib: &ImageBuild,
+    current: &CurrentBuild,
+    artifacts: &[RegionArtifact],
+) {
+    let owner = Owner {
+        namespace: ib.namespace().unwrap_or_default(),
+        image_build: ib.name_any(),
+        build_id: current.build_id.clone(),
+        spec_hash: current.spec_hash.clone(),
+    };
+    let claimed = match dereference::inputs(&ctx.client, ib).await {
+        Ok(Ok(inputs)) => inputs
+            .resolved
+            .provider
+            .claim(artifacts, &owner)
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(Err(problem)) => Err(format!("{problem:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let ids: Vec<String> = artifacts
+        .iter()
+        .map(|a| format!("{}={}", a.region, a.image_id))
+        .collect();
+    match claimed {
+        Ok(_) => {
+            info!(build_id = %current.build_id, images = %ids.join(", "), "ImageBuild deleted after its build finished; images tagged as its own")
+        }
+        Err(error) => {
+            warn!(build_id = %current.build_id, images = %ids.join(", "), %error, "ImageBuild deleted after its build finished; its images could not be tagged")
+        }
+    }
 }
 
 /// `reconcile.fluxcd.io/requestedAt`, or kiln's own spelling.
@@ -126,7 +211,13 @@ async fn act(
         BuildDecision::Start(start) => start_build(ctx, ib, old, start, now).await?,
         BuildDecision::Wait(after) => (status::running(old, generation), Action::requeue(after)),
         BuildDecision::TimedOut { current, message } => {
-            stop_build(ctx, ib, &current).await?;
+            stop_build(
+                ctx,
+                ib,
+                &current,
+                "the build exceeded its timeout and was stopped",
+            )
+            .await?;
             finish_failed(ctx, ib, old, &current, &message, true, now).await
         }
         BuildDecision::Failed {
@@ -294,12 +385,14 @@ async fn start_build(
     ))
 }
 
-async fn stop_build(ctx: &Context, ib: &ImageBuild, current: &CurrentBuild) -> Result<(), Error> {
+async fn stop_build(
+    ctx: &Context,
+    ib: &ImageBuild,
+    current: &CurrentBuild,
+    why: &str,
+) -> Result<(), Error> {
     match current.executor {
-        ExecutorType::Process => ctx.process.stop(
-            &current.build_id,
-            "the build exceeded its timeout and was stopped",
-        ),
+        ExecutorType::Process => ctx.process.stop(&current.build_id, why),
         ExecutorType::Job => {
             let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
             ctx.jobs.stop(&ns, &current.handle).await?;

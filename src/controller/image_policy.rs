@@ -118,5 +118,6 @@ async fn write_status(
     if unchanged {
         return Ok(());
     }
-    super::apply_status(ctx, policy, new).await
+    super::apply_status(ctx, policy, new).await?;
+    Ok(())
 }

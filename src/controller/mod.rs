@@ -2,6 +2,7 @@
 //! clients, event recorder, executors and metrics in one [`Context`].
 
 mod events;
+pub mod finalizer;
 mod image_build;
 mod image_policy;
 pub mod leader;
@@ -290,7 +291,7 @@ pub(crate) async fn apply_status<K>(
     ctx: &Context,
     obj: &K,
     status: &impl serde::Serialize,
-) -> Result<(), Error>
+) -> Result<K, Error>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -306,7 +307,7 @@ where
         "status": status,
     });
     let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
-        .await?;
-    Ok(())
+    Ok(api
+        .patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
+        .await?)
 }
