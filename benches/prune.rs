@@ -157,6 +157,7 @@ async fn kiln_prune(moto: &Moto) -> anyhow::Result<Run> {
     let verdicts = retention::plan(NS, BUILD, &images, &rules, &Protection::default(), now)?;
     let plan = retention::BuildPlan {
         build: BUILD.to_owned(),
+        regions: vec![REGION.to_owned()],
         provider: aws.clone() as Arc<dyn ImageProvider>,
         verdicts,
     };

@@ -19,7 +19,7 @@ pub use kiln_core::retention::{
 };
 
 use crate::{
-    api::{ImageBuild, ImagePolicySpec, RetentionAction},
+    api::{ImageBuild, ImageDecision, ImagePolicySpec, RetentionAction},
     dereference::{self, DereferenceError},
     image_build::decide::InputProblem,
     provider::{ImageProvider, aws::CONCURRENCY},
@@ -41,6 +41,8 @@ pub enum RetentionError {
 pub struct BuildPlan {
     /// ImageBuild name.
     pub build: String,
+    /// Its regions.
+    pub regions: Vec<String>,
     /// Its provider, with its credentials.
     pub provider: Arc<dyn ImageProvider>,
     /// A verdict per owned image.
@@ -120,6 +122,7 @@ pub async fn plan_policy(
         match plan(ns, name, &images, &rules, &protection, now) {
             Ok(verdicts) => plans.push(BuildPlan {
                 build: name.clone(),
+                regions: build.spec.provider.regions.clone(),
                 provider,
                 verdicts,
             }),
@@ -144,7 +147,8 @@ pub async fn carry_out(plan: &BuildPlan, now: Timestamp) -> Vec<Outcome> {
                 let applied = match verdict.action {
                     RetentionAction::Keep => Applied::Kept,
                     RetentionAction::Delete => match provider.delete(&verdict.image).await {
-                        Ok(()) => Applied::Deleted,
+                        Ok(None) => Applied::Deleted,
+                        Ok(Some(note)) => Applied::DeletedPartly(note),
                         Err(e) => Applied::Failed(e.to_string()),
                     },
                     RetentionAction::Deprecate => {
@@ -167,9 +171,42 @@ pub async fn carry_out(plan: &BuildPlan, now: Timestamp) -> Vec<Outcome> {
         .await
 }
 
+/// The deletions a plan is about to make, for the intent written first.
+pub fn deletions(plan: &PolicyPlan) -> Vec<Outcome> {
+    plan.plans
+        .iter()
+        .flat_map(|b| {
+            b.verdicts
+                .iter()
+                .filter(|v| v.action == RetentionAction::Delete)
+                .map(|v| Outcome {
+                    build: b.build.clone(),
+                    verdict: v.clone(),
+                    applied: Applied::Planned,
+                })
+        })
+        .collect()
+}
+
 /// The evaluation of a plan: carried out, or with `dry_run` only planned.
-pub async fn evaluate(ns: &str, plan: PolicyPlan, dry_run: bool, now: Timestamp) -> Evaluation {
+/// `pending` are the deletions an earlier, interrupted evaluation announced:
+/// those whose image is gone from its build's listing are counted now.
+pub async fn evaluate(
+    ns: &str,
+    plan: PolicyPlan,
+    pending: &[ImageDecision],
+    dry_run: bool,
+    now: Timestamp,
+) -> Evaluation {
     let mut outcomes = Vec::new();
+    let mut still_pending = Vec::new();
+    for p in pending {
+        match plan.plans.iter().find(|b| b.build == p.build) {
+            Some(b) if b.verdicts.iter().any(|v| v.image.image_id == p.image_id) => {}
+            Some(_) => outcomes.push(kiln_core::retention::status::recovered(p)),
+            None => still_pending.push(p.clone()),
+        }
+    }
     for build in &plan.plans {
         if dry_run {
             outcomes.extend(build.verdicts.iter().map(|v| Outcome {
@@ -180,8 +217,19 @@ pub async fn evaluate(ns: &str, plan: PolicyPlan, dry_run: bool, now: Timestamp)
                     _ => Applied::Planned,
                 },
             }));
-        } else {
-            outcomes.extend(carry_out(build, now).await);
+            continue;
+        }
+        outcomes.extend(carry_out(build, now).await);
+        // What deleted images left behind (a snapshot whose delete failed or
+        // was interrupted) goes now.
+        match build.provider.sweep(&build.regions, ns, &build.build).await {
+            Ok(swept) if !swept.is_empty() => {
+                tracing::info!(build = %build.build, swept = %swept.join(", "), "deleted what deleted images left behind");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(build = %build.build, error = %e, "sweeping what deleted images left behind failed; retried next evaluation")
+            }
         }
     }
     Evaluation {
@@ -191,5 +239,6 @@ pub async fn evaluate(ns: &str, plan: PolicyPlan, dry_run: bool, now: Timestamp)
         outcomes,
         problems: plan.problems,
         dry_run,
+        still_pending,
     }
 }

@@ -365,6 +365,33 @@ async fn invalid_manifests_are_refused_naming_the_field() {
             vec!["spec.interval", "at least 1m"],
         ),
         (
+            "empty region",
+            merged(
+                &b,
+                json!({"spec": {"provider": {"type": "openstack", "regions": [""], "aws": null}}}),
+            ),
+            vec!["spec.provider.regions[0]"],
+        ),
+        (
+            "selector operator Like",
+            merged(
+                &p,
+                json!({"spec": {"builds": {"names": null, "selector": {"matchExpressions": [{"key": "tier", "operator": "Like", "values": ["base"]}]}}}}),
+            ),
+            vec![
+                "spec.builds.selector.matchExpressions",
+                "In, NotIn, Exists or DoesNotExist",
+            ],
+        ),
+        (
+            "selector In without values",
+            merged(
+                &p,
+                json!({"spec": {"builds": {"names": null, "selector": {"matchExpressions": [{"key": "tier", "operator": "In"}]}}}}),
+            ),
+            vec!["spec.builds.selector.matchExpressions", "need values"],
+        ),
+        (
             "maxAge in days",
             merged(&p, json!({"spec": {"maxAge": "30d"}})),
             vec!["spec.maxAge", "should match"],

@@ -383,3 +383,140 @@ async fn keep_last_three_prunes_the_oldest_owned_amis_and_their_snapshots() {
     );
     controller.stop().await;
 }
+
+/// A prune killed (SIGKILL) again and again finishes on a later pass: no
+/// snapshot of a deleted AMI is left, and the status counts every deletion
+/// that happened exactly once.
+#[tokio::test]
+async fn a_prune_killed_midway_finishes_later_with_exact_counts_and_no_leaked_snapshot() {
+    const AMIS: usize = 60;
+    let env = Env::start(false).await;
+    env.build_namespace(NS).await;
+    // 40 ms per request: the prune takes seconds, so the kills land in it.
+    let proxy = SlowProxy::start(env.moto.endpoint(), Duration::from_millis(40)).await;
+    let builds: Api<ImageBuild> = Api::namespaced(env.client.clone(), NS);
+    let policies: Api<ImagePolicy> = Api::namespaced(env.client.clone(), NS);
+    let mut controller = env
+        .controller("c0", &["--default-executor", "process"])
+        .await;
+    builds
+        .create(
+            &PostParams::default(),
+            &image_build("app", &proxy.endpoint, &["us-east-1"], json!({})),
+        )
+        .await
+        .expect("create");
+    let ib = wait_for(&builds, "app", BUILD_TIMEOUT, &controller.log, is_ready).await;
+    let latest = ib.status.and_then(|s| s.latest_image).expect("latest");
+
+    // Older AMIs of the same ImageBuild, owned (image and snapshot tagged).
+    let aws = env.ec2();
+    let ec2 = aws.client("us-east-1").await;
+    let owner = [
+        (tags::NAMESPACE, NS),
+        (tags::IMAGE_BUILD, "app"),
+        (tags::BUILD_ID, "old"),
+    ];
+    for n in 0..AMIS {
+        let id = make_ami(&aws, "us-east-1", &format!("old-{n}"), &owner).await;
+        let image = ami(&aws, "us-east-1", &id).await;
+        let snaps: Vec<String> = image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+            .collect();
+        let tags: Vec<aws_sdk_ec2::types::Tag> = owner
+            .iter()
+            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+            .collect();
+        ec2.create_tags()
+            .set_resources(Some(snaps))
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .expect("CreateTags");
+    }
+    let before = owned(&env, "us-east-1").await.len();
+    assert_eq!(before, AMIS + 1);
+
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                "keep-one",
+                json!({"builds": {"names": ["app"]}, "keepLast": 1}),
+            ),
+        )
+        .await
+        .expect("create policy");
+
+    // Kill the controller as soon as some deletions happened, three times.
+    let mut kills = 0;
+    while kills < 3 {
+        let left = owned(&env, "us-east-1").await.len();
+        if left == 1 {
+            break;
+        }
+        if left < before {
+            controller.signal(libc::SIGKILL);
+            let _ = controller.stop_killed().await;
+            kills += 1;
+            controller = env
+                .controller(&format!("c{}", kills), &["--default-executor", "process"])
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("killed the controller {kills} time(s) mid-prune");
+    assert!(kills >= 1, "no kill landed in the prune");
+
+    // keepLast 1 keeps the newest hand-made AMI and the latest build's AMI
+    // is protected: AMIS - 1 are deleted. Every deletion counted once: more
+    // would be a double count, fewer a lost one (this waits, and fails
+    // showing the last status).
+    let p = wait_for(
+        &policies,
+        "keep-one",
+        Duration::from_secs(120),
+        &controller.log,
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.pending_deletions.is_empty()
+                    && s.summary
+                        .as_ref()
+                        .is_some_and(|x| x.deleted == (AMIS - 1) as i32)
+            })
+        },
+    )
+    .await;
+    let remaining = owned(&env, "us-east-1").await;
+    assert_eq!(remaining.len(), 2, "{remaining:?}");
+    assert!(
+        remaining
+            .iter()
+            .any(|(id, _)| latest.artifacts.iter().any(|a| &a.image_id == id)),
+        "the latest AMI is kept"
+    );
+    let deleted = p.status.and_then(|s| s.summary).map_or(0, |s| s.deleted);
+    assert_eq!(deleted as usize, before - remaining.len(), "an exact count");
+    // No owned snapshot without its AMI.
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(kiln::provider::aws::tag_filter(tags::IMAGE_BUILD, "app"))
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    let in_use: Vec<&String> = remaining.iter().flat_map(|(_, s)| s).collect();
+    let leaked: Vec<&str> = snaps
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id())
+        .filter(|id| !in_use.iter().any(|u| u.as_str() == *id))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "snapshots of deleted AMIs leaked: {leaked:?}"
+    );
+    controller.stop().await;
+}

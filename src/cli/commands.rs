@@ -350,6 +350,10 @@ pub async fn prune(
                         d.image.image_id, d.image.region
                     )
                 }
+                Applied::DeletedPartly(note) => println!(
+                    "deleted {} in {} ({build}): {note}",
+                    d.image.image_id, d.image.region
+                ),
                 Applied::Deprecated => {
                     println!(
                         "deprecated {} in {} ({build})",
@@ -364,6 +368,13 @@ pub async fn prune(
                     println!("failed {} in {}: {e}", d.image.image_id, d.image.region);
                 }
             }
+        }
+        let swept = build_plan
+            .provider
+            .sweep(&build_plan.regions, &ns, build)
+            .await?;
+        for s in swept {
+            println!("deleted {s}, left behind by a deleted image ({build})");
         }
     }
     if failed > 0 {

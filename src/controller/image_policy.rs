@@ -48,12 +48,24 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
 
     // 1-2. Dereference and decide: the selected builds, their images, a plan.
     let plan = retention::plan_policy(&ctx.client, &ns, &policy.spec, now).await?;
+    // Intent before action: the deletions are in the status before the first
+    // one is made, so an interrupted evaluation is counted by the next.
+    let deletions = retention::deletions(&plan);
+    let policy = match policy.spec.dry_run || deletions.is_empty() {
+        true => std::borrow::Cow::Borrowed(policy),
+        false => std::borrow::Cow::Owned(
+            super::apply_status(ctx, policy, &status::with_intent(&old, &deletions)).await?,
+        ),
+    };
     // 3. Act, or with dryRun only plan.
-    let evaluation = retention::evaluate(&ns, plan, policy.spec.dry_run, now).await;
-    report_deletions(ctx, policy, &evaluation).await;
-    // 4. Update status, only when it changed.
+    let evaluation =
+        retention::evaluate(&ns, plan, &old.pending_deletions, policy.spec.dry_run, now).await;
+    // 4. Update status, only when it changed; then the Events, so a deletion
+    // is never announced by an evaluation whose record was refused.
     let new = status::evaluated(&old, &evaluation, generation, now);
-    write_status(ctx, policy, &old, &new).await?;
+    let stored = policy.status.clone().unwrap_or_default();
+    write_status(ctx, &policy, &stored, &new).await?;
+    report_deletions(ctx, &policy, &evaluation).await;
     Ok(Action::requeue(if evaluation.retry_soon() {
         interval.min(RETRY_AFTER)
     } else {
@@ -66,7 +78,7 @@ async fn report_deletions(ctx: &Context, policy: &ImagePolicy, evaluation: &Eval
     for o in &evaluation.outcomes {
         let (build, image) = (&o.build, &o.verdict.image);
         match &o.applied {
-            Applied::Deleted => {
+            Applied::Deleted | Applied::DeletedPartly(_) => {
                 info!(%build, region = %image.region, image = %image.image_id, reason = %o.verdict.reason, "deleted image");
                 let note = format!(
                     "deleted {} in {} (ImageBuild {build}, build {}): {}",

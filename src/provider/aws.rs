@@ -113,7 +113,7 @@ fn error_code<E: ProvideErrorMetadata>(e: &aws_sdk_ec2::error::SdkError<E>) -> O
 
 /// The SDK's error, as code and message, without the request (which may
 /// carry signed headers).
-pub fn describe_error<E: ProvideErrorMetadata + std::fmt::Display>(
+pub fn describe_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: &aws_sdk_ec2::error::SdkError<E>,
 ) -> String {
     match e.as_service_error() {
@@ -129,8 +129,21 @@ pub fn describe_error<E: ProvideErrorMetadata + std::fmt::Display>(
             aws_sdk_ec2::error::SdkError::TimeoutError(_) => {
                 "the EC2 endpoint timed out".to_owned()
             }
-            other => other.to_string(),
+            // The whole chain: the top-level text alone can be empty.
+            other => aws_sdk_ec2::error::DisplayErrorContext(other).to_string(),
         },
+    }
+}
+
+/// The region to list a partition's regions from: one every account of
+/// that partition has.
+fn anchor_region(region: &str) -> &'static str {
+    match region {
+        r if r.starts_with("us-gov-") => "us-gov-west-1",
+        r if r.starts_with("cn-") => "cn-north-1",
+        r if r.starts_with("us-isob-") => "us-isob-east-1",
+        r if r.starts_with("us-iso-") => "us-iso-east-1",
+        _ => "us-east-1",
     }
 }
 
@@ -192,7 +205,10 @@ impl ImageProvider for Aws {
             let Some(first) = regions.first() else {
                 return Ok(());
             };
-            let client = self.client(first).await;
+            // Asked in a region the partition always has, never in the one
+            // being checked: a region that does not exist has no endpoint.
+            let anchor = anchor_region(first);
+            let client = self.client(anchor).await;
             self.count();
             let out = client.describe_regions().all_regions(true).send().await.map_err(|e| {
                 if is_auth_error(error_code(&e)) {
@@ -201,7 +217,7 @@ impl ImageProvider for Aws {
                         describe_error(&e)
                     ))
                 } else {
-                    ProviderError::Api { operation: "DescribeRegions", region: first.clone(), message: describe_error(&e) }
+                    ProviderError::Api { operation: "DescribeRegions", region: anchor.to_owned(), message: describe_error(&e) }
                 }
             })?;
             let known: Vec<String> = out
@@ -310,7 +326,10 @@ impl ImageProvider for Aws {
         })
     }
 
-    fn delete<'a>(&'a self, image: &'a ImageInfo) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn delete<'a>(
+        &'a self,
+        image: &'a ImageInfo,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move {
             let client = self.client(&image.region).await;
             let api = |operation: &'static str, message: String| ProviderError::Api {
@@ -346,24 +365,66 @@ impl ImageProvider for Aws {
                 Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
                 Err(e) => return Err(api("DeregisterImage", describe_error(&e))),
             }
-            // The snapshot stays "in use" for a moment after the AMI is gone.
+            // The AMI is gone from here on: a snapshot that cannot be deleted
+            // now is reported, and the next pass's sweep deletes it.
+            let mut left = Vec::new();
             for snapshot in remaining {
-                match with_backoff(self, &["InvalidSnapshot.InUse"], || {
-                    client.delete_snapshot().snapshot_id(snapshot).send()
-                })
-                .await
-                {
-                    Ok(_) => {}
-                    Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => {}
-                    Err(e) => {
-                        return Err(api(
-                            "DeleteSnapshot",
-                            format!("{snapshot}: {}", describe_error(&e)),
-                        ));
-                    }
+                if let Err(e) = self.delete_snapshot(&client, &image.region, snapshot).await {
+                    left.push(format!("{snapshot}: {e}"));
                 }
             }
-            Ok(())
+            Ok((!left.is_empty()).then(|| {
+                format!(
+                    "snapshot(s) not deleted yet, deleted by the next evaluation: {}",
+                    left.join("; ")
+                )
+            }))
+        })
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        regions: &'a [String],
+        namespace: &'a str,
+        image_build: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>> {
+        Box::pin(async move {
+            let mut deleted = Vec::new();
+            for region in regions {
+                let in_use: std::collections::BTreeSet<String> = self
+                    .list_region(region, namespace, image_build)
+                    .await?
+                    .into_iter()
+                    .flat_map(|i| i.snapshots)
+                    .collect();
+                let client = self.client(region).await;
+                let snapshots = with_backoff(self, &[], || {
+                    client
+                        .describe_snapshots()
+                        .owner_ids("self")
+                        .filters(tag_filter(super::tags::NAMESPACE, namespace))
+                        .filters(tag_filter(super::tags::IMAGE_BUILD, image_build))
+                        .send()
+                })
+                .await
+                .map_err(|e| ProviderError::Api {
+                    operation: "DescribeSnapshots",
+                    region: region.clone(),
+                    message: describe_error(&e),
+                })?;
+                // kiln tags a snapshot only with its verified AMI, so an owned
+                // snapshot no owned AMI uses belonged to an AMI kiln deleted.
+                for id in snapshots
+                    .snapshots()
+                    .iter()
+                    .filter_map(|s| s.snapshot_id())
+                    .filter(|id| !in_use.contains(*id))
+                {
+                    self.delete_snapshot(&client, region, id).await?;
+                    deleted.push(format!("{region}/{id}"));
+                }
+            }
+            Ok(deleted)
         })
     }
 
@@ -473,6 +534,29 @@ fn image_info(region: &str, image: &aws_sdk_ec2::types::Image) -> Option<ImageIn
 }
 
 impl Aws {
+    /// Deletes a snapshot; one still "in use" for a moment after its AMI went
+    /// is retried, one already gone is fine.
+    async fn delete_snapshot(
+        &self,
+        client: &Client,
+        region: &str,
+        snapshot: &str,
+    ) -> Result<(), ProviderError> {
+        match with_backoff(self, &["InvalidSnapshot.InUse"], || {
+            client.delete_snapshot().snapshot_id(snapshot).send()
+        })
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
+            Err(e) => Err(ProviderError::Api {
+                operation: "DeleteSnapshot",
+                region: region.to_owned(),
+                message: format!("{snapshot}: {}", describe_error(&e)),
+            }),
+        }
+    }
+
     /// Owned AMIs of one ImageBuild in one region, following pagination.
     pub async fn list_region(
         &self,
@@ -509,5 +593,18 @@ impl Aws {
                 return Ok(out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::anchor_region;
+
+    #[test]
+    fn regions_are_checked_from_their_partition() {
+        assert_eq!(anchor_region("xx-nowhere-9"), "us-east-1");
+        assert_eq!(anchor_region("eu-west-1"), "us-east-1");
+        assert_eq!(anchor_region("us-gov-east-1"), "us-gov-west-1");
+        assert_eq!(anchor_region("cn-northwest-1"), "cn-north-1");
     }
 }

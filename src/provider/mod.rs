@@ -117,8 +117,23 @@ pub trait ImageProvider: Send + Sync {
         image_build: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ImageInfo>, ProviderError>>;
 
-    /// Deletes an image and its snapshots.
-    fn delete<'a>(&'a self, image: &'a ImageInfo) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Deletes an image and its snapshots. `Ok(Some(note))`: the image is
+    /// gone but something deleted with it is not (yet); [`Self::sweep`]
+    /// removes it on a later pass. An error means the image is still there.
+    fn delete<'a>(
+        &'a self,
+        image: &'a ImageInfo,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>>;
+
+    /// Deletes what kiln's images of one ImageBuild left behind when they
+    /// went (snapshots of a deleted AMI, after an interrupted prune); returns
+    /// what it deleted.
+    fn sweep<'a>(
+        &'a self,
+        regions: &'a [String],
+        namespace: &'a str,
+        image_build: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>>;
 
     /// Marks an image deprecated as of `at`, where the provider can; returns a
     /// note (and leaves the image as it is) where it cannot.
@@ -166,8 +181,20 @@ impl ImageProvider for Unverified {
         Box::pin(async move { Err(unsupported(self.0, "list")) })
     }
 
-    fn delete<'a>(&'a self, _: &'a ImageInfo) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn delete<'a>(
+        &'a self,
+        _: &'a ImageInfo,
+    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move { Err(unsupported(self.0, "delete")) })
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        _: &'a [String],
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn deprecate<'a>(

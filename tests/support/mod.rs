@@ -233,6 +233,14 @@ impl KilnController {
             .expect("wait")
     }
 
+    /// Waits for a controller that was sent SIGKILL.
+    pub async fn stop_killed(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("controller exits after SIGKILL")
+            .expect("wait")
+    }
+
     /// Sends `signal` to the controller process.
     pub fn signal(&self, signal: i32) {
         if let Some(pid) = self.child.id() {
@@ -565,5 +573,64 @@ pub async fn wait_log(controller: &KilnController, text: &str, limit: Duration) 
             controller.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP proxy on loopback that holds every chunk a client sends for
+/// `delay` before passing it on: a cloud's round-trip time in front of moto,
+/// so that work takes long enough to be interrupted. It stops with the test.
+pub struct SlowProxy {
+    pub endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    pub async fn start(upstream: &str, delay: Duration) -> SlowProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            tokio::time::sleep(delay).await;
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        SlowProxy { endpoint, task }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

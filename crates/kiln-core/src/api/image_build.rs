@@ -212,7 +212,12 @@ pub struct ProviderSpec {
     #[schemars(extend(
         "maxItems" = 32,
         "x-kubernetes-list-type" = "set",
-        "items" = { "type": "string", "maxLength": 64 },
+        "items" = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+        },
         "x-kubernetes-validations" = [{
             "rule": "self.size() > 0",
             "message": "spec.provider.regions must list at least one region, e.g. [us-east-1]"

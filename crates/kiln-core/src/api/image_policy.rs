@@ -145,10 +145,22 @@ fn default_interval() -> Duration {
 /// Selects ImageBuilds by name, by label, or both (their union).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.names) && self.names.size() > 0) || has(self.selector)",
-    "message": "spec.builds must set names or selector: a policy has to say which ImageBuilds it governs"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.names) && self.names.size() > 0) || has(self.selector)",
+        "message": "spec.builds must set names or selector: a policy has to say which ImageBuilds it governs"
+    },
+    {
+        "rule": "!has(self.selector) || !has(self.selector.matchExpressions) || self.selector.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",
+        "message": "spec.builds.selector.matchExpressions: operator must be In, NotIn, Exists or DoesNotExist",
+        "fieldPath": ".selector.matchExpressions"
+    },
+    {
+        "rule": "!has(self.selector) || !has(self.selector.matchExpressions) || self.selector.matchExpressions.all(e, e.operator in ['Exists', 'DoesNotExist'] ? (!has(e.values) || e.values.size() == 0) : (has(e.values) && e.values.size() > 0))",
+        "message": "spec.builds.selector.matchExpressions: In and NotIn need values; Exists and DoesNotExist take none",
+        "fieldPath": ".selector.matchExpressions"
+    }
+]))]
 pub struct BuildSelector {
     /// ImageBuild names, in this namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -226,6 +238,12 @@ pub struct ImagePolicyStatus {
     /// Images deleted by the last evaluation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<ImageDecision>,
+
+    /// Deletions under way: written before an evaluation deletes anything,
+    /// so one that is interrupted (a crash, a restart) is counted, exactly
+    /// once, by the next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_deletions: Vec<ImageDecision>,
 
     /// With dryRun: what the policy would deprecate or delete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -27,6 +27,9 @@ pub enum Applied {
     Planned,
     /// Deleted at the provider.
     Deleted,
+    /// Deleted, but something deleted with it (a snapshot) is left for the
+    /// next evaluation's sweep; the note says what.
+    DeletedPartly(String),
     /// Deprecated at the provider.
     Deprecated,
     /// The provider cannot do it and left the image as it was; the note says why.
@@ -61,6 +64,9 @@ pub struct Evaluation {
     pub problems: Vec<String>,
     /// `spec.dryRun`.
     pub dry_run: bool,
+    /// Pending deletions of an earlier, interrupted evaluation that this one
+    /// could not settle (their build was not evaluated): kept pending.
+    pub still_pending: Vec<ImageDecision>,
 }
 
 impl Evaluation {
@@ -116,6 +122,53 @@ fn status_order(a: &ImageDecision, b: &ImageDecision) -> std::cmp::Ordering {
 
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The status written before an evaluation deletes anything: the deletions
+/// it is about to make, added to those still pending.
+pub fn with_intent(old: &ImagePolicyStatus, deletions: &[Outcome]) -> ImagePolicyStatus {
+    let mut s = old.clone();
+    for o in deletions {
+        let d = record(o, RetentionAction::Delete, o.verdict.reason.clone());
+        if !s
+            .pending_deletions
+            .iter()
+            .any(|p| p.image_id == d.image_id && p.region == d.region)
+        {
+            s.pending_deletions.push(d);
+        }
+    }
+    s
+}
+
+/// Pending deletions of an interrupted evaluation that are done: their image
+/// is gone from a listing of its build. They count as deleted now.
+pub fn recovered(pending: &ImageDecision) -> Outcome {
+    Outcome {
+        build: pending.build.clone(),
+        verdict: ImageVerdict {
+            image: super::ImageInfo {
+                region: pending.region.clone(),
+                image_id: pending.image_id.clone(),
+                created_at: pending
+                    .created_at
+                    .as_ref()
+                    .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                owner: pending.build_id.as_ref().map(|b| super::ImageOwner {
+                    namespace: String::new(),
+                    image_build: pending.build.clone(),
+                    build_id: b.clone(),
+                }),
+                keep: false,
+                tags: Default::default(),
+                deprecated: false,
+                snapshots: Vec::new(),
+            },
+            action: RetentionAction::Delete,
+            reason: format!("{}; deleted by an interrupted evaluation", pending.reason),
+        },
+        applied: Applied::Deleted,
+    }
 }
 
 /// The status after a suspended policy was looked at: only the generation.
@@ -174,6 +227,11 @@ pub fn evaluated(
             Applied::Kept => new.retained.push(record(o, RetentionAction::Keep, reason)),
             Applied::Planned => new.plan.push(record(o, o.verdict.action, reason)),
             Applied::Deleted => new.deleted.push(record(o, RetentionAction::Delete, reason)),
+            Applied::DeletedPartly(note) => new.deleted.push(record(
+                o,
+                RetentionAction::Delete,
+                format!("{reason}; {note}"),
+            )),
             Applied::Deprecated => {
                 new.deprecated
                     .push(record(o, RetentionAction::Deprecate, reason));
@@ -205,6 +263,7 @@ pub fn evaluated(
         list.truncate(STATUS_LIST_LIMIT);
     }
     new.summary = Some(summary.clone());
+    new.pending_deletions = eval.still_pending.clone();
 
     let failures = eval.failures();
     if !eval.problems.is_empty() {
