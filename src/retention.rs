@@ -61,18 +61,35 @@ pub struct PolicyPlan {
     pub problems: Vec<String>,
 }
 
-/// Selects a policy's builds, lists their owned images and plans retention.
+/// Every ImageBuild of a namespace, from the apiserver (the CLI; the
+/// controller reads its watch cache instead).
+pub async fn list_builds(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<Vec<Arc<ImageBuild>>, RetentionError> {
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect())
+}
+
+/// Selects a policy's builds among `all` (every ImageBuild of the namespace:
+/// children protect their sources), lists their owned images and plans
+/// retention.
 pub async fn plan_policy(
     client: &kube::Client,
     ns: &str,
+    all: &[Arc<ImageBuild>],
     spec: &ImagePolicySpec,
     now: Timestamp,
 ) -> Result<PolicyPlan, RetentionError> {
-    let builds_api: Api<ImageBuild> = Api::namespaced(client.clone(), ns);
-    // Every ImageBuild of the namespace: children protect their sources.
-    let all = builds_api.list(&ListParams::default()).await?.items;
     let selected: BTreeMap<String, &ImageBuild> = all
         .iter()
+        .map(|b| &**b)
         .filter(|b| selects(spec, b))
         .map(|b| (b.name_any(), b))
         .collect();
@@ -84,7 +101,7 @@ pub async fn plan_policy(
         .cloned()
         .collect();
     let rules = rules(spec);
-    let in_use = in_use(&all);
+    let in_use = in_use(all);
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for (name, build) in &selected {

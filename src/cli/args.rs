@@ -109,6 +109,9 @@ pub enum Command {
         /// How often Ready ImageBuilds are looked at again, in seconds.
         #[arg(long, default_value_t = 600)]
         resync_seconds: u64,
+        /// Reconciles running at once, per kind.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000), env = "KILN_MAX_CONCURRENT_RECONCILES")]
+        max_concurrent_reconciles: u16,
         /// Seconds a stopped build may take to clean up: Packer gets SIGTERM,
         /// then this long before it is killed. A Job's Pod and the
         /// controller's Pod get this plus 30 s of termination grace.

@@ -275,7 +275,8 @@ pub async fn prune(
     progress(&format!(
         "listing the images of the ImageBuilds the policy selects in {ns}"
     ));
-    let plan = retention::plan_policy(&client, &ns, &policy.spec, now).await?;
+    let all = retention::list_builds(&client, &ns).await?;
+    let plan = retention::plan_policy(&client, &ns, &all, &policy.spec, now).await?;
     for p in &plan.problems {
         eprintln!("warning: {p}");
     }

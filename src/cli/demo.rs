@@ -146,6 +146,7 @@ fn start_controller(
         // The demo prints its own progress; Packer's lines go to a log.
         runner_env: vec![("RUST_LOG".into(), "warn".into())],
         build_grace: std::time::Duration::from_secs(60),
+        max_concurrent_reconciles: 16,
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

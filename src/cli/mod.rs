@@ -54,6 +54,7 @@ impl Args {
                 workdir,
                 namespace,
                 resync_seconds,
+                max_concurrent_reconciles,
                 build_grace_seconds,
                 election,
             } => {
@@ -71,6 +72,7 @@ impl Args {
                     workroot: workdir.unwrap_or_else(|| std::env::temp_dir().join("kiln-builds")),
                     namespace,
                     resync: Duration::from_secs(resync_seconds),
+                    max_concurrent_reconciles,
                     runner_env: Vec::new(),
                     build_grace: Duration::from_secs(build_grace_seconds),
                 };

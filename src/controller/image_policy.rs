@@ -14,7 +14,7 @@ use tracing::{Instrument, info, info_span};
 
 use super::{Context, Error, events};
 use crate::{
-    api::{ImagePolicy, ImagePolicyStatus},
+    api::{ImageBuild, ImagePolicy, ImagePolicyStatus},
     reasons,
     retention::{self, Applied, Evaluation},
 };
@@ -47,7 +47,19 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     }
 
     // 1-2. Dereference and decide: the selected builds, their images, a plan.
-    let plan = retention::plan_policy(&ctx.client, &ns, &policy.spec, now).await?;
+    // The ImageBuilds come from the controller's watch cache, not a LIST
+    // per evaluation.
+    ctx.builds
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Metadata("ImageBuild cache"))?;
+    let all: Vec<Arc<ImageBuild>> = ctx
+        .builds
+        .state()
+        .into_iter()
+        .filter(|b| b.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .collect();
+    let plan = retention::plan_policy(&ctx.client, &ns, &all, &policy.spec, now).await?;
     // Intent before action: the deletions are in the status before the first
     // one is made, so an interrupted evaluation is counted by the next.
     let deletions = retention::deletions(&plan);

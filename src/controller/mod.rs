@@ -23,9 +23,9 @@ use kube::{
     Api, Client,
     runtime::{
         Controller, WatchStreamExt,
-        controller::Action,
+        controller::{self as runtime, Action},
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -66,6 +66,8 @@ pub struct Config {
     /// How often a Ready ImageBuild is looked at again (template ConfigMaps
     /// and parents may have changed).
     pub resync: Duration,
+    /// Reconciles running at once, per kind.
+    pub max_concurrent_reconciles: u16,
     /// Extra environment of process-executor runners.
     pub runner_env: Vec<(String, String)>,
     /// How long a stopped build may take to clean up (Packer deletes its
@@ -89,6 +91,8 @@ pub struct Context {
     pub jobs: JobExecutor,
     /// Reconciles an ImageBuild when its process build ends.
     pub finished: mpsc::UnboundedSender<ObjectRef<ImageBuild>>,
+    /// Every watched ImageBuild (policies select among them).
+    pub builds: reflector::Store<ImageBuild>,
 }
 
 /// Reconcile errors: all transient (the user cannot fix them by editing the
@@ -173,6 +177,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (finished, finished_rx) = mpsc::unbounded_channel();
+    let (build_store, build_writer) = reflector::store();
     let instance = std::env::var("POD_NAME").ok();
     let recorder = Recorder::new(
         client.clone(),
@@ -189,6 +194,7 @@ pub async fn run(
         recorder,
         metrics,
         finished,
+        builds: build_store,
         config: config.clone(),
     });
     let (builds, jobs): (Api<ImageBuild>, Api<Job>) = match &config.namespace {
@@ -208,7 +214,11 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    // Bounded, so a cold start with thousands of objects neither opens
+    // thousands of connections at once nor trips the apiserver's fairness.
+    let concurrency = runtime::Config::default().concurrency(config.max_concurrent_reconciles);
     let build_loop = Controller::new(builds, watcher::Config::default())
+        .with_config(concurrency.clone())
         .owns(
             jobs,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=kiln"),
@@ -225,11 +235,23 @@ pub async fn run(
     // once, so superseded images go without waiting an interval. Only what a
     // policy reads passes: the status writes of a running build would
     // otherwise list every image at the provider each time.
-    let build_changes = watcher(watched_builds, watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(what_policies_read, Default::default());
-    let policy_controller = Controller::new(policies, watcher::Config::default());
+    // The initial listing passes no object: the policy controller evaluates
+    // every policy on start anyway, and letting them through evaluated each
+    // policy twice.
+    let build_changes = reflector::reflector(
+        build_writer,
+        watcher(watched_builds, watcher::Config::default()).default_backoff(),
+    )
+    .filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Apply(ib) | watcher::Event::Delete(ib)) => Some(Ok(ib)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
+    .predicate_filter(what_policies_read, Default::default());
+    let policy_controller =
+        Controller::new(policies, watcher::Config::default()).with_config(concurrency);
     let store = policy_controller.store();
     let policy_loop = policy_controller
         .watches_stream(build_changes, move |ib: ImageBuild| {

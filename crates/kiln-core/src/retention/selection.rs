@@ -36,9 +36,9 @@ pub fn selects(spec: &ImagePolicySpec, ib: &ImageBuild) -> bool {
 
 /// Images of other ImageBuilds' latest and current builds that came from
 /// these parents: parent image ID -> child name.
-pub fn in_use(all: &[ImageBuild]) -> BTreeMap<String, String> {
+pub fn in_use<B: std::borrow::Borrow<ImageBuild>>(all: &[B]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for child in all {
+    for child in all.iter().map(B::borrow) {
         let Some(status) = &child.status else {
             continue;
         };
