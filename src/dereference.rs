@@ -74,10 +74,10 @@ impl std::fmt::Debug for Resolved {
 /// Everything a build needs, hashed, with the regions checked at the
 /// provider; or why it cannot be had.
 pub async fn inputs(
-    client: &Client,
+    reader: &Reader,
     ib: &ImageBuild,
 ) -> Result<Result<Inputs<Resolved>, InputProblem>, Error> {
-    let resolved = match resolve(client, ib).await? {
+    let resolved = match resolve(reader, ib).await? {
         Ok(r) => r,
         Err(problem) => return Ok(Err(problem)),
     };
@@ -128,19 +128,106 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
     out
 }
 
+/// How long a Secret or ConfigMap read is reused. Thousands of ImageBuilds
+/// share a few credentials Secrets: without it a cold start GETs each once
+/// per object and trips the apiserver's fairness limits. A change reaches
+/// builds this much later; a missing object is never cached.
+pub const READ_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Cached = (std::time::Instant, Arc<dyn std::any::Any + Send + Sync>);
+/// Reads by (kind, namespace, name).
+type ReadCache = std::sync::Mutex<BTreeMap<(&'static str, String, String), Cached>>;
+
+/// Reads what ImageBuilds refer to: the client, and for the controller a
+/// short-lived cache of Secrets and ConfigMaps.
+#[derive(Clone)]
+pub struct Reader {
+    client: Client,
+    cache: Option<Arc<ReadCache>>,
+}
+
+impl Reader {
+    /// Reads straight from the apiserver (the CLI).
+    pub fn new(client: Client) -> Reader {
+        Reader {
+            client,
+            cache: None,
+        }
+    }
+
+    /// Reuses Secret and ConfigMap reads for [`READ_TTL`] (the controller).
+    pub fn cached(client: Client) -> Reader {
+        Reader {
+            client,
+            cache: Some(Arc::default()),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn get_opt<K>(&self, api: &Api<K>, ns: &str, name: &str) -> kube::Result<Option<K>>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let kind = match K::kind(&()).as_ref() {
+            "Secret" => "Secret",
+            "ConfigMap" => "ConfigMap",
+            _ => return api.get_opt(name).await,
+        };
+        let Some(cache) = &self.cache else {
+            return api.get_opt(name).await;
+        };
+        let key = (kind, ns.to_owned(), name.to_owned());
+        let lock = || {
+            cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, value)) = lock().get(&key)
+            && at.elapsed() < READ_TTL
+            && let Some(found) = value.downcast_ref::<K>()
+        {
+            return Ok(Some(found.clone()));
+        }
+        let found = api.get_opt(name).await?;
+        let mut entries = lock();
+        entries.retain(|_, (at, _)| at.elapsed() < READ_TTL);
+        if let Some(found) = &found {
+            entries.insert(key, (std::time::Instant::now(), Arc::new(found.clone())));
+        }
+        Ok(found)
+    }
+}
+
 /// Reads an object the ImageBuild refers to in `field`. A 403 is something
 /// the installer must fix, so it becomes a named problem rather than an error
 /// retried in silence.
 async fn read<K>(
+    reader: &Reader,
     api: &Api<K>,
     ns: &str,
     name: &str,
     field: &str,
 ) -> Result<Result<Option<K>, InputProblem>, Error>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
-    match api.get_opt(name).await {
+    match reader.get_opt(api, ns, name).await {
         Ok(found) => Ok(Ok(found)),
         Err(kube::Error::Api(status)) if status.code == 403 => Ok(Err(missing(
             reasons::ACCESS_DENIED,
@@ -174,13 +261,13 @@ fn invalid(reason: &'static str, message: String) -> InputProblem {
 
 /// Reads template, variables, credentials and parent of an ImageBuild.
 async fn resolve(
-    client: &Client,
+    reader: &Reader,
     ib: &ImageBuild,
 ) -> Result<Result<Resolved, InputProblem>, Error> {
     let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
     let spec = &ib.spec;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(reader.client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(reader.client.clone(), &ns);
     let mut inputs = ResolvedInputs::default();
     let mut variables = BTreeMap::new();
     let mut secret_env = Vec::new();
@@ -190,6 +277,7 @@ async fn resolve(
         inputs.template = inline.clone();
     } else if let Some(r) = &spec.template.config_map_ref {
         let cm = read_or_return!(read(
+            reader,
             &config_maps,
             &ns,
             &r.name,
@@ -235,7 +323,7 @@ async fn resolve(
         let field = format!("spec.variablesFrom[{i}]");
         match source.kind {
             VariablesFromKind::ConfigMap => {
-                match read_or_return!(read(&config_maps, &ns, &source.name, &field)) {
+                match read_or_return!(read(reader, &config_maps, &ns, &source.name, &field)) {
                     Some(cm) => {
                         for (k, v) in cm.data.unwrap_or_default() {
                             if is_variable_name(&k) {
@@ -257,7 +345,7 @@ async fn resolve(
                 }
             }
             VariablesFromKind::Secret => {
-                match read_or_return!(read(&secrets, &ns, &source.name, &field)) {
+                match read_or_return!(read(reader, &secrets, &ns, &source.name, &field)) {
                     Some(secret) => {
                         for (k, v) in secret_strings(&secret) {
                             if is_variable_name(&k) && is_env_name(&k.replace('-', "_")) {
@@ -291,8 +379,9 @@ async fn resolve(
 
     // Parent image: the parent's image in the region Packer builds in.
     if let Some(parent) = &spec.parent {
-        let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
-        let parent_build = read_or_return!(read(&builds, &ns, &parent.name, "spec.parent.name"));
+        let builds: Api<ImageBuild> = Api::namespaced(reader.client.clone(), &ns);
+        let parent_build =
+            read_or_return!(read(reader, &builds, &ns, &parent.name, "spec.parent.name"));
         let Some(p) = parent_build else {
             return Ok(Err(missing(
                 reasons::PARENT_NOT_FOUND,
@@ -327,7 +416,7 @@ async fn resolve(
         variables.insert(parent.variable.clone(), image.image_id.clone());
     }
 
-    let (provider, mut credential_env) = match provider(client, ib).await? {
+    let (provider, mut credential_env) = match provider(reader, ib).await? {
         Ok(p) => p,
         Err(problem) => return Ok(Err(problem)),
     };
@@ -345,17 +434,18 @@ async fn resolve(
 /// those credentials as runner environment (every key whose name is a valid
 /// environment variable).
 pub async fn provider(
-    client: &Client,
+    reader: &Reader,
     ib: &ImageBuild,
 ) -> Result<Result<(Arc<dyn ImageProvider>, Vec<SecretEnv>), InputProblem>, Error> {
     let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
     let spec = &ib.spec;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(reader.client.clone(), &ns);
     let mut credentials = BTreeMap::new();
     let mut secret_env = Vec::new();
     if let Some(c) = &spec.provider.credentials {
         let name = &c.secret_ref.name;
         let secret = read_or_return!(read(
+            reader,
             &secrets,
             &ns,
             name,

@@ -81,7 +81,7 @@ pub async fn list_builds(
 /// children protect their sources), lists their owned images and plans
 /// retention.
 pub async fn plan_policy(
-    client: &kube::Client,
+    reader: &dereference::Reader,
     ns: &str,
     all: &[Arc<ImageBuild>],
     spec: &ImagePolicySpec,
@@ -105,7 +105,7 @@ pub async fn plan_policy(
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for (name, build) in &selected {
-        let provider: Arc<dyn ImageProvider> = match dereference::provider(client, build).await? {
+        let provider: Arc<dyn ImageProvider> = match dereference::provider(reader, build).await? {
             Ok((p, _)) => p,
             Err(
                 InputProblem::Missing { message, .. }

@@ -96,11 +96,16 @@ async fn user_clients_are_subject_to_rbac() {
         .await
         .expect("binding");
 
-    // RBAC caches nothing: the grant takes effect for the next request.
-    assert!(
-        alice_builds.list(&ListParams::default()).await.is_ok(),
-        "alice can list ImageBuilds in team-a"
-    );
+    // The authorizer reads RBAC from an informer: the grant takes effect
+    // once the apiserver has seen it, not necessarily on the next request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = alice_builds.list(&ListParams::default()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice can list ImageBuilds in team-a: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let alice_secrets_b: Api<Secret> = Api::namespaced(alice.clone(), "team-b");
     assert!(
         forbidden(alice_secrets_b.list(&ListParams::default()).await),

@@ -164,6 +164,7 @@ fn context(client: Client) -> Arc<Context> {
         metrics: Arc::new(Metrics::default()),
         process: ProcessExecutor::new(config.runner_path.clone(), config.workroot.clone()),
         jobs: JobExecutor::new(client.clone(), config.runner_image.clone()),
+        reader: kiln::dereference::Reader::cached(client.clone()),
         client,
         finished,
         builds: empty_build_cache(),

@@ -192,7 +192,12 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
                 .get_opt(&name)
                 .await?
                 .with_context(|| format!("ImageBuild {ns}/{name} not found"))?;
-            let provider = match crate::dereference::provider(&client, &ib).await? {
+            let provider = match crate::dereference::provider(
+                &crate::dereference::Reader::new(client.clone()),
+                &ib,
+            )
+            .await?
+            {
                 Ok((p, _)) => p,
                 Err(problem) => bail!("ImageBuild {ns}/{name}: {problem:?}"),
             };
@@ -276,7 +281,8 @@ pub async fn prune(
         "listing the images of the ImageBuilds the policy selects in {ns}"
     ));
     let all = retention::list_builds(&client, &ns).await?;
-    let plan = retention::plan_policy(&client, &ns, &all, &policy.spec, now).await?;
+    let reader = crate::dereference::Reader::new(client.clone());
+    let plan = retention::plan_policy(&reader, &ns, &all, &policy.spec, now).await?;
     for p in &plan.problems {
         eprintln!("warning: {p}");
     }

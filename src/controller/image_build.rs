@@ -137,7 +137,7 @@ async fn claim_orphans(
         build_id: current.build_id.clone(),
         spec_hash: current.spec_hash.clone(),
     };
-    let claimed = match dereference::inputs(&ctx.client, ib).await {
+    let claimed = match dereference::inputs(&ctx.reader, ib).await {
         Ok(Ok(inputs)) => inputs
             .resolved
             .provider
@@ -193,7 +193,7 @@ async fn dereference(
     };
     let inputs = match run {
         Some(RunState::Running) => None,
-        _ => Some(dereference::inputs(&ctx.client, ib).await?),
+        _ => Some(dereference::inputs(&ctx.reader, ib).await?),
     };
     Ok((run, inputs))
 }

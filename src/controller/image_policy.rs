@@ -59,7 +59,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
         .into_iter()
         .filter(|b| b.metadata.namespace.as_deref() == Some(ns.as_str()))
         .collect();
-    let plan = retention::plan_policy(&ctx.client, &ns, &all, &policy.spec, now).await?;
+    let plan = retention::plan_policy(&ctx.reader, &ns, &all, &policy.spec, now).await?;
     // Intent before action: the deletions are in the status before the first
     // one is made, so an interrupted evaluation is counted by the next.
     let deletions = retention::deletions(&plan);

@@ -93,6 +93,8 @@ pub struct Context {
     pub finished: mpsc::UnboundedSender<ObjectRef<ImageBuild>>,
     /// Every watched ImageBuild (policies select among them).
     pub builds: reflector::Store<ImageBuild>,
+    /// Reads what ImageBuilds refer to, reusing Secret and ConfigMap reads.
+    pub reader: crate::dereference::Reader,
 }
 
 /// Reconcile errors: all transient (the user cannot fix them by editing the
@@ -195,6 +197,7 @@ pub async fn run(
         metrics,
         finished,
         builds: build_store,
+        reader: crate::dereference::Reader::cached(client.clone()),
         config: config.clone(),
     });
     let (builds, jobs): (Api<ImageBuild>, Api<Job>) = match &config.namespace {
