@@ -55,6 +55,8 @@ pub struct Resolved {
     pub secret_env: Vec<SecretEnv>,
     /// The provider, with the credentials.
     pub provider: Arc<dyn ImageProvider>,
+    /// Which provider: type, endpoint and a digest of the credentials.
+    pub provider_key: String,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -81,9 +83,12 @@ pub async fn inputs(
         Ok(r) => r,
         Err(problem) => return Ok(Err(problem)),
     };
-    match resolved
-        .provider
-        .check_regions(&ib.spec.provider.regions)
+    match reader
+        .check_regions(
+            resolved.provider.as_ref(),
+            &resolved.provider_key,
+            &ib.spec.provider.regions,
+        )
         .await
     {
         Ok(()) => {}
@@ -135,15 +140,31 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
 pub const READ_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Cached = (std::time::Instant, Arc<dyn std::any::Any + Send + Sync>);
-/// Reads by (kind, namespace, name).
-type ReadCache = std::sync::Mutex<BTreeMap<(&'static str, String, String), Cached>>;
+/// How long a passed region check is trusted: regions come and go rarely.
+pub const REGIONS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What the controller's reconciles share.
+#[derive(Default)]
+struct Shared {
+    /// Reads by (kind, namespace, name).
+    reads: std::sync::Mutex<BTreeMap<(&'static str, String, String), Cached>>,
+    /// One provider (with its clients and their connection pools) per
+    /// provider type, endpoint and credentials.
+    providers: std::sync::Mutex<BTreeMap<String, Arc<dyn ImageProvider>>>,
+    /// Region lists a provider confirmed, by provider key and regions.
+    regions: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Reads what ImageBuilds refer to: the client, and for the controller a
 /// short-lived cache of Secrets and ConfigMaps.
 #[derive(Clone)]
 pub struct Reader {
     client: Client,
-    cache: Option<Arc<ReadCache>>,
+    cache: Option<Arc<Shared>>,
 }
 
 impl Reader {
@@ -155,7 +176,9 @@ impl Reader {
         }
     }
 
-    /// Reuses Secret and ConfigMap reads for [`READ_TTL`] (the controller).
+    /// Reuses Secret and ConfigMap reads for [`READ_TTL`], providers for as
+    /// long as it lives, and region checks for [`REGIONS_TTL`] (the
+    /// controller).
     pub fn cached(client: Client) -> Reader {
         Reader {
             client,
@@ -187,11 +210,7 @@ impl Reader {
             return api.get_opt(name).await;
         };
         let key = (kind, ns.to_owned(), name.to_owned());
-        let lock = || {
-            cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
+        let lock = || locked(&cache.reads);
         if let Some((at, value)) = lock().get(&key)
             && at.elapsed() < READ_TTL
             && let Some(found) = value.downcast_ref::<K>()
@@ -205,6 +224,45 @@ impl Reader {
             entries.insert(key, (std::time::Instant::now(), Arc::new(found.clone())));
         }
         Ok(found)
+    }
+}
+
+impl Reader {
+    /// The provider for `key`, made once per key when shared.
+    fn provider(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Arc<dyn ImageProvider>,
+    ) -> Arc<dyn ImageProvider> {
+        let Some(shared) = &self.cache else {
+            return make();
+        };
+        locked(&shared.providers)
+            .entry(key.to_owned())
+            .or_insert_with(make)
+            .clone()
+    }
+
+    /// Checks regions at the provider, unless the same check passed lately.
+    async fn check_regions(
+        &self,
+        provider: &dyn ImageProvider,
+        key: &str,
+        regions: &[String],
+    ) -> Result<(), ProviderError> {
+        let key = format!("{key}|{}", regions.join(","));
+        if let Some(shared) = &self.cache
+            && locked(&shared.regions)
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < REGIONS_TTL)
+        {
+            return Ok(());
+        }
+        provider.check_regions(regions).await?;
+        if let Some(shared) = &self.cache {
+            locked(&shared.regions).insert(key, std::time::Instant::now());
+        }
+        Ok(())
     }
 }
 
@@ -416,7 +474,7 @@ async fn resolve(
         variables.insert(parent.variable.clone(), image.image_id.clone());
     }
 
-    let (provider, mut credential_env) = match provider(reader, ib).await? {
+    let (provider, provider_key, mut credential_env) = match provider(reader, ib).await? {
         Ok(p) => p,
         Err(problem) => return Ok(Err(problem)),
     };
@@ -427,16 +485,18 @@ async fn resolve(
         variables,
         secret_env,
         provider,
+        provider_key,
     }))
 }
 
-/// The provider of an ImageBuild, with the credentials from its Secret, and
+/// The provider of an ImageBuild (shared by every ImageBuild with the same
+/// type, endpoint and credentials), its key, with the credentials from its Secret, and
 /// those credentials as runner environment (every key whose name is a valid
 /// environment variable).
 pub async fn provider(
     reader: &Reader,
     ib: &ImageBuild,
-) -> Result<Result<(Arc<dyn ImageProvider>, Vec<SecretEnv>), InputProblem>, Error> {
+) -> Result<Result<(Arc<dyn ImageProvider>, String, Vec<SecretEnv>), InputProblem>, Error> {
     let ns = ib.namespace().ok_or(Error::Metadata("namespace"))?;
     let spec = &ib.spec;
     let secrets: Api<Secret> = Api::namespaced(reader.client.clone(), &ns);
@@ -501,26 +561,39 @@ pub async fn provider(
         }
     }
 
-    let provider: Arc<dyn ImageProvider> = match spec.provider.type_ {
-        ProviderType::Aws => {
-            let creds = match (
-                credentials.get("AWS_ACCESS_KEY_ID"),
-                credentials.get("AWS_SECRET_ACCESS_KEY"),
-            ) {
-                (Some(id), Some(secret)) => Some(StaticCredentials {
-                    access_key_id: id.clone(),
-                    secret_access_key: secret.clone(),
-                    session_token: credentials.get("AWS_SESSION_TOKEN").cloned(),
-                }),
-                _ => None,
-            };
-            Arc::new(Aws::new(spec.provider.endpoint.clone(), creds))
+    // Type, endpoint and a digest of the credentials: never the secrets.
+    let digest = Sha256::digest(serde_json::to_vec(&credentials).unwrap_or_default());
+    let key = format!(
+        "{}|{}|{}",
+        spec.provider.type_.as_str(),
+        spec.provider.endpoint.as_deref().unwrap_or_default(),
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let make = || -> Arc<dyn ImageProvider> {
+        match spec.provider.type_ {
+            ProviderType::Aws => {
+                let creds = match (
+                    credentials.get("AWS_ACCESS_KEY_ID"),
+                    credentials.get("AWS_SECRET_ACCESS_KEY"),
+                ) {
+                    (Some(id), Some(secret)) => Some(StaticCredentials {
+                        access_key_id: id.clone(),
+                        secret_access_key: secret.clone(),
+                        session_token: credentials.get("AWS_SESSION_TOKEN").cloned(),
+                    }),
+                    _ => None,
+                };
+                Arc::new(Aws::new(spec.provider.endpoint.clone(), creds))
+            }
+            ProviderType::Gcp => Arc::new(Unverified("GCP")),
+            ProviderType::Azure => Arc::new(Unverified("Azure")),
+            ProviderType::Digitalocean => Arc::new(Unverified("DigitalOcean")),
+            ProviderType::Openstack => Arc::new(Unverified("OpenStack")),
         }
-        ProviderType::Gcp => Arc::new(Unverified("GCP")),
-        ProviderType::Azure => Arc::new(Unverified("Azure")),
-        ProviderType::Digitalocean => Arc::new(Unverified("DigitalOcean")),
-        ProviderType::Openstack => Arc::new(Unverified("OpenStack")),
     };
-
-    Ok(Ok((provider, secret_env)))
+    let provider = reader.provider(&key, make);
+    Ok(Ok((provider, key, secret_env)))
 }

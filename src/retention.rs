@@ -106,7 +106,7 @@ pub async fn plan_policy(
     let mut problems = Vec::new();
     for (name, build) in &selected {
         let provider: Arc<dyn ImageProvider> = match dereference::provider(reader, build).await? {
-            Ok((p, _)) => p,
+            Ok((p, _, _)) => p,
             Err(
                 InputProblem::Missing { message, .. }
                 | InputProblem::Invalid { message, .. }

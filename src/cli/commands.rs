@@ -198,7 +198,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
             )
             .await?
             {
-                Ok((p, _)) => p,
+                Ok((p, _, _)) => p,
                 Err(problem) => bail!("ImageBuild {ns}/{name}: {problem:?}"),
             };
             (ib, provider)
