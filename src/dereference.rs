@@ -159,6 +159,29 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// An object an ImageBuild refers to (Secret, ConfigMap, its parent).
+trait Referenced:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Referenced for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Reads what ImageBuilds refer to: the client, and for the controller a
 /// short-lived cache of Secrets and ConfigMaps.
 #[derive(Clone)]
@@ -191,16 +214,12 @@ impl Reader {
         &self.client
     }
 
-    async fn get_opt<K>(&self, api: &Api<K>, ns: &str, name: &str) -> kube::Result<Option<K>>
-    where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
+    async fn get_opt<K: Referenced>(
+        &self,
+        api: &Api<K>,
+        ns: &str,
+        name: &str,
+    ) -> kube::Result<Option<K>> {
         let kind = match K::kind(&()).as_ref() {
             "Secret" => "Secret",
             "ConfigMap" => "ConfigMap",
@@ -269,22 +288,13 @@ impl Reader {
 /// Reads an object the ImageBuild refers to in `field`. A 403 is something
 /// the installer must fix, so it becomes a named problem rather than an error
 /// retried in silence.
-async fn read<K>(
+async fn read<K: Referenced>(
     reader: &Reader,
     api: &Api<K>,
     ns: &str,
     name: &str,
     field: &str,
-) -> Result<Result<Option<K>, InputProblem>, Error>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> Result<Result<Option<K>, InputProblem>, Error> {
     match reader.get_opt(api, ns, name).await {
         Ok(found) => Ok(Ok(found)),
         Err(kube::Error::Api(status)) if status.code == 403 => Ok(Err(missing(

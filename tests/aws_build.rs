@@ -380,18 +380,7 @@ async fn a_build_past_its_timeout_is_stopped_and_counted_as_failed() {
         "the stopped build made no AMI"
     );
     // Stopping at the timeout lets Packer clean up (SIGTERM, then grace).
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = leftovers(&env.ec2(), "us-east-1").await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the timed-out build left {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_no_leftovers(&env, &["us-east-1"], Duration::from_secs(120)).await;
     controller.stop().await;
 }
 

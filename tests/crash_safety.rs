@@ -120,18 +120,7 @@ async fn repeated_sigkills_during_builds_lose_no_image_and_leak_nothing() {
     }
     assert_eq!(in_cloud.len(), names.len() * REGIONS.len(), "{in_cloud:?}");
     // Packer cleaned up after every interrupted run, in every region.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut left = Vec::new();
-        for region in REGIONS {
-            left.extend(leftovers(&env.ec2(), region).await);
-        }
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left in the cloud: {left:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_no_leftovers(&env, &REGIONS, Duration::from_secs(120)).await;
     controller.stop().await;
 }
 

@@ -634,3 +634,20 @@ impl Drop for SlowProxy {
         self.task.abort();
     }
 }
+
+/// Waits until no key pair, `packer_*` security group or live instance is
+/// left in `regions` (Packer's cleanup after a stop takes a moment).
+pub async fn wait_no_leftovers(env: &Env, regions: &[&str], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut left = Vec::new();
+        for region in regions {
+            left.extend(leftovers(&env.ec2(), region).await);
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left in the cloud: {left:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
