@@ -184,9 +184,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
             (ib, Arc::new(aws))
         }
         BuildSource::Cluster(ns, name) => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to Kubernetes (kubeconfig)")?;
+            let client = super::connect().await?;
             let api: kube::Api<ImageBuild> = kube::Api::namespaced(client.clone(), &ns);
             let ib = api
                 .get_opt(&name)
@@ -270,9 +268,7 @@ pub async fn prune(
     yes: bool,
 ) -> anyhow::Result<()> {
     let policy: ImagePolicy = load_valid(policy_file, "ImagePolicy")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (kubeconfig)")?;
+    let client = super::connect().await?;
     let ns = namespace
         .or(policy.metadata.namespace.clone())
         .unwrap_or_else(|| client.default_namespace().to_owned());

@@ -56,11 +56,10 @@ impl Args {
                 resync_seconds,
                 max_concurrent_reconciles,
                 build_grace_seconds,
+                prune_concurrency,
                 election,
             } => {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
+                let client = connect().await?;
                 let runner_path = match runner_path {
                     Some(p) => p,
                     None => std::env::current_exe().context("locating the kiln binary")?,
@@ -76,6 +75,10 @@ impl Args {
                     runner_env: Vec::new(),
                     build_grace: Duration::from_secs(build_grace_seconds),
                 };
+                // Process-wide: controller::Config is built as a literal
+                // elsewhere (the demo, tests), so the setting goes straight
+                // to retention.
+                crate::retention::set_concurrency(prune_concurrency.map(usize::from));
                 let election = match election.leader_elect {
                     true => Some(election.resolve(&client).await?),
                     false => None,
@@ -190,6 +193,27 @@ impl ElectionArgs {
     }
 }
 
+/// A client from the kubeconfig, or in a Pod its ServiceAccount, with
+/// errors that say what to fix.
+pub async fn connect() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .map_err(|e| explain_connect_error(&anyhow::Error::new(e)))
+}
+
+fn explain_connect_error(e: &anyhow::Error) -> anyhow::Error {
+    let chain = format!("{e:#}");
+    // rustls refuses X.509 v1 certificates, which kubectl (Go) accepts, and
+    // reports it as an invalid private key.
+    if chain.contains("UnsupportedCertVersion") {
+        return anyhow::anyhow!(
+            "the client certificate in the kubeconfig is an X.509 version 1 certificate, which kiln's TLS library (rustls) does not accept (kubectl does); reissue it as version 3 (for example `openssl x509 -req ... -extfile <(printf 'extendedKeyUsage=clientAuth')`), or authenticate with a token (rustls: {})",
+            e.root_cause()
+        );
+    }
+    anyhow::anyhow!("connecting to Kubernetes (kubeconfig or in-cluster): {chain}")
+}
+
 fn write_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let Some(dir) = out_dir else {
         print!("{}", crate::crdgen::all_yaml()?);
@@ -210,6 +234,20 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+
+    #[test]
+    fn a_version_1_client_certificate_is_named() {
+        let e = anyhow::anyhow!(
+            "rustls tls error: invalid private key: invalid peer certificate: Other(OtherError(UnsupportedCertVersion))"
+        );
+        let explained = explain_connect_error(&e).to_string();
+        assert!(
+            explained.contains("X.509 version 1") && explained.contains("reissue it as version 3"),
+            "{explained}"
+        );
+        let other = explain_connect_error(&anyhow::anyhow!("connection refused")).to_string();
+        assert!(other.contains("connection refused") && !other.contains("version 1"));
+    }
 
     #[test]
     fn the_command_line_is_consistent() {
