@@ -48,5 +48,5 @@ test: setup lint ## Install what is needed, then run every test on a real contro
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
-bench: setup ## Benchmarks: prune 10,000 AMIs in moto against a sequential baseline (BENCH_IMAGES=N to change).
+bench: setup ## Prune 2,000 AMIs in moto, kiln against a sequential script, at 0 and 80 ms per request (~10 min on 2 cores; BENCH_IMAGES, BENCH_LATENCY_MS=0,80, BENCH_REGIONS, BENCH_PACING=ec2).
 	$(CARGO) bench --profile dev --bench prune

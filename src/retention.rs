@@ -22,7 +22,7 @@ use crate::{
     api::{ImageBuild, ImageDecision, ImagePolicySpec, RetentionAction},
     dereference::{self, DereferenceError},
     image_build::decide::InputProblem,
-    provider::{ImageProvider, aws::CONCURRENCY},
+    provider::ImageProvider,
 };
 
 /// Why a policy could not be evaluated at all (one build's problem is not
@@ -154,38 +154,82 @@ pub async fn plan_policy(
     })
 }
 
-/// Carries out the deprecations and deletions of one build's plan, a bounded
-/// number at a time. Keep verdicts are kept.
-pub async fn carry_out(plan: &BuildPlan, now: Timestamp) -> Vec<Outcome> {
-    stream::iter(plan.verdicts.iter().cloned())
-        .map(|verdict| {
-            let provider = plan.provider.clone();
-            async move {
-                let applied = match verdict.action {
-                    RetentionAction::Keep => Applied::Kept,
-                    RetentionAction::Delete => match provider.delete(&verdict.image).await {
-                        Ok(None) => Applied::Deleted,
-                        Ok(Some(note)) => Applied::DeletedPartly(note),
-                        Err(e) => Applied::Failed(e.to_string()),
-                    },
-                    RetentionAction::Deprecate => {
-                        match provider.deprecate(&verdict.image, now).await {
-                            Ok(None) => Applied::Deprecated,
-                            Ok(Some(note)) => Applied::Unsupported(note),
-                            Err(e) => Applied::Failed(e.to_string()),
-                        }
-                    }
-                };
-                Outcome {
+/// Carries out the deprecations and deletions of one build's plan. Regions
+/// go in parallel, each with its own budget of calls in flight (the
+/// provider's pacing, or `per_region` when set: `kiln controller
+/// --prune-concurrency`); the provider holds each call
+/// to the cloud's rate for its region. Keep verdicts are kept. Outcomes come
+/// in the plan's order.
+pub async fn carry_out(
+    plan: &BuildPlan,
+    per_region: Option<usize>,
+    now: Timestamp,
+) -> Vec<Outcome> {
+    let pacing = plan.provider.pacing();
+    let per_region = per_region.unwrap_or(pacing.concurrency).max(1);
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; plan.verdicts.len()];
+    let mut regions: BTreeMap<String, Vec<(usize, ImageVerdict)>> = BTreeMap::new();
+    for (i, verdict) in plan.verdicts.iter().enumerate() {
+        match verdict.action {
+            RetentionAction::Keep => {
+                outcomes[i] = Some(Outcome {
                     build: plan.build.clone(),
-                    verdict,
-                    applied,
-                }
+                    verdict: verdict.clone(),
+                    applied: Applied::Kept,
+                })
             }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await
+            _ => regions
+                .entry(verdict.image.region.clone())
+                .or_default()
+                .push((i, verdict.clone())),
+        }
+    }
+    let mut lanes = Vec::new();
+    for (region, verdicts) in regions {
+        tracing::debug!(build = %plan.build, %region, actions = verdicts.len(), per_region, requests_per_second = pacing.requests_per_second, "carrying out retention");
+        let provider = plan.provider.clone();
+        let build = plan.build.clone();
+        lanes.push(
+            stream::iter(verdicts)
+                .map(move |(i, verdict)| {
+                    let (provider, build) = (provider.clone(), build.clone());
+                    async move { (i, act(provider, build, verdict, now).await) }
+                })
+                .buffer_unordered(per_region)
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (i, outcome) in futures::future::join_all(lanes).await.into_iter().flatten() {
+        outcomes[i] = Some(outcome);
+    }
+    outcomes.into_iter().flatten().collect()
+}
+
+/// Deprecates or deletes one image.
+async fn act(
+    provider: Arc<dyn ImageProvider>,
+    build: String,
+    verdict: ImageVerdict,
+    now: Timestamp,
+) -> Outcome {
+    let applied = match verdict.action {
+        RetentionAction::Keep => Applied::Kept,
+        RetentionAction::Delete => match provider.delete(&verdict.image).await {
+            Ok(None) => Applied::Deleted,
+            Ok(Some(note)) => Applied::DeletedPartly(note),
+            Err(e) => Applied::Failed(e.to_string()),
+        },
+        RetentionAction::Deprecate => match provider.deprecate(&verdict.image, now).await {
+            Ok(None) => Applied::Deprecated,
+            Ok(Some(note)) => Applied::Unsupported(note),
+            Err(e) => Applied::Failed(e.to_string()),
+        },
+    };
+    Outcome {
+        build,
+        verdict,
+        applied,
+    }
 }
 
 /// The deletions a plan is about to make, for the intent written first.
@@ -213,6 +257,7 @@ pub async fn evaluate(
     plan: PolicyPlan,
     pending: &[ImageDecision],
     dry_run: bool,
+    per_region: Option<usize>,
     now: Timestamp,
 ) -> Evaluation {
     let mut outcomes = Vec::new();
@@ -236,7 +281,7 @@ pub async fn evaluate(
             }));
             continue;
         }
-        outcomes.extend(carry_out(build, now).await);
+        outcomes.extend(carry_out(build, per_region, now).await);
         // What deleted images left behind (a snapshot whose delete failed or
         // was interrupted) goes now.
         match build.provider.sweep(&build.regions, ns, &build.build).await {

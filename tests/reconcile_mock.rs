@@ -152,6 +152,7 @@ fn context(client: Client) -> Arc<Context> {
         runner_env: Vec::new(),
         build_grace: Duration::from_secs(5),
         max_concurrent_reconciles: 4,
+        prune_concurrency: None,
     };
     Arc::new(Context {
         recorder: Recorder::new(

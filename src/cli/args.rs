@@ -117,6 +117,11 @@ pub enum Command {
         /// controller's Pod get this plus 30 s of termination grace.
         #[arg(long, default_value_t = 300, env = "KILN_BUILD_GRACE_SECONDS")]
         build_grace_seconds: u64,
+        /// Deletions an ImagePolicy has in flight per region (default: the
+        /// provider's, 8 for AWS). Calls are paced to the cloud's request
+        /// limits whatever this is; see docs/retention.md.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000), env = "KILN_PRUNE_CONCURRENCY")]
+        prune_concurrency: Option<u16>,
         #[command(flatten)]
         election: ElectionArgs,
     },

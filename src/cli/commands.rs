@@ -343,7 +343,7 @@ pub async fn prune(
     for build_plan in &plan.plans {
         let build = &build_plan.build;
         progress(&format!("pruning {build}"));
-        for o in retention::carry_out(build_plan, now).await {
+        for o in retention::carry_out(build_plan, None, now).await {
             let d = &o.verdict;
             match o.applied {
                 Applied::Kept | Applied::Planned => {}

@@ -147,6 +147,7 @@ fn start_controller(
         runner_env: vec![("RUST_LOG".into(), "warn".into())],
         build_grace: std::time::Duration::from_secs(60),
         max_concurrent_reconciles: 16,
+        prune_concurrency: None,
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -72,13 +72,13 @@ impl Args {
                     namespace,
                     resync: Duration::from_secs(resync_seconds),
                     max_concurrent_reconciles,
+                    prune_concurrency: prune_concurrency.map(usize::from),
                     runner_env: Vec::new(),
                     build_grace: Duration::from_secs(build_grace_seconds),
                 };
                 // Process-wide: controller::Config is built as a literal
                 // elsewhere (the demo, tests), so the setting goes straight
                 // to retention.
-                crate::retention::set_concurrency(prune_concurrency.map(usize::from));
                 let election = match election.leader_elect {
                     true => Some(election.resolve(&client).await?),
                     false => None,

@@ -70,8 +70,15 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
         ),
     };
     // 3. Act, or with dryRun only plan.
-    let evaluation =
-        retention::evaluate(&ns, plan, &old.pending_deletions, policy.spec.dry_run, now).await;
+    let evaluation = retention::evaluate(
+        &ns,
+        plan,
+        &old.pending_deletions,
+        policy.spec.dry_run,
+        ctx.config.prune_concurrency,
+        now,
+    )
+    .await;
     // 4. Update status, only when it changed; then the Events, so a deletion
     // is never announced by an evaluation whose record was refused.
     let new = status::evaluated(&old, &evaluation, generation, now);

@@ -68,6 +68,8 @@ pub struct Config {
     pub resync: Duration,
     /// Reconciles running at once, per kind.
     pub max_concurrent_reconciles: u16,
+    /// Deletions a policy has in flight per region (`None`: the provider's).
+    pub prune_concurrency: Option<usize>,
     /// Extra environment of process-executor runners.
     pub runner_env: Vec<(String, String)>,
     /// How long a stopped build may take to clean up (Packer deletes its

@@ -8,14 +8,17 @@ use aws_sdk_ec2::{
 };
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    sync::{
+        Arc, LazyLock, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
-use super::{ImageProvider, Owner, ProviderError};
+use super::{ImageProvider, Owner, Pacing, ProviderError};
 use crate::api::RegionArtifact;
 use kiln_core::retention::ImageInfo;
 
@@ -40,11 +43,47 @@ pub struct Aws {
     calls: AtomicU64,
     // One client (and so one connection pool) per region, reused by every call.
     clients: std::sync::Mutex<BTreeMap<String, Client>>,
+    // Mutating calls (DeregisterImage, DeleteSnapshot, EnableImageDeprecation).
+    pacing: Pacing,
+    // Non-mutating calls (DescribeImages, DescribeSnapshots).
+    describe_pacing: Pacing,
 }
 
-/// Concurrent EC2 calls retention makes (per policy evaluation).
-pub const CONCURRENCY: usize = 8;
+/// Deletions retention has in flight per region, by default.
+pub const CONCURRENCY: usize = Pacing::DEFAULT_CONCURRENCY;
 const ATTEMPTS: u32 = 6;
+
+// EC2 throttles each API per account and per region with a token bucket
+// (Amazon EC2 developer guide, "Request throttling for the Amazon EC2 API",
+// table "Request token bucket sizes and refill rates"):
+//
+//   category      kiln's calls in it                           bucket  refill
+//   mutating      DeregisterImage, DeleteSnapshot,              200     5/s
+//                 EnableImageDeprecation
+//   non-mutating  DescribeImages, DescribeSnapshots             100     20/s
+//
+// kiln keeps to 80% of each refill rate and a quarter of each bucket: the
+// bucket is the account's, shared with Packer, the console and every other
+// tool, and a prune that took all of it would starve them and be throttled
+// itself at their first call. So a region's DeregisterImage calls go 50 at
+// once, then 4 a second: 2,000 AMIs in one region take about 8 minutes, and
+// 2,000 in each of four regions no longer (each region has its own buckets).
+// Concurrency only fills the burst and hides latency (4/s at 80 ms needs one
+// call in flight); 8 is plenty.
+
+/// kiln's share of EC2's limits for mutating actions (see above).
+pub const EC2_MUTATING: Pacing = Pacing {
+    concurrency: CONCURRENCY,
+    requests_per_second: 4.0,
+    burst: 50,
+};
+
+/// kiln's share of EC2's limits for non-mutating actions (see above).
+pub const EC2_NON_MUTATING: Pacing = Pacing {
+    concurrency: CONCURRENCY,
+    requests_per_second: 16.0,
+    burst: 25,
+};
 
 impl Aws {
     /// Without credentials the SDK's default chain applies (IRSA, instance
@@ -55,7 +94,58 @@ impl Aws {
             credentials,
             calls: AtomicU64::new(0),
             clients: std::sync::Mutex::default(),
+            pacing: EC2_MUTATING,
+            describe_pacing: EC2_NON_MUTATING,
         }
+    }
+
+    /// Paces mutating and non-mutating calls as given instead of to EC2's
+    /// limits ([`EC2_MUTATING`], [`EC2_NON_MUTATING`]).
+    pub fn with_pacing(mut self, mutating: Pacing, non_mutating: Pacing) -> Aws {
+        self.pacing = mutating;
+        self.describe_pacing = non_mutating;
+        self
+    }
+
+    /// Waits for this call's turn in its API's token bucket for this
+    /// account (endpoint and access key) and region, shared by every `Aws`
+    /// of the process.
+    async fn pace(&self, region: &str, operation: &'static str) {
+        let Some(bucket) = self.bucket(region, operation) else {
+            return;
+        };
+        let wait = bucket.take(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn bucket(&self, region: &str, operation: &'static str) -> Option<Arc<TokenBucket>> {
+        let non_mutating = ["Describe", "List", "Get"]
+            .iter()
+            .any(|p| operation.starts_with(p));
+        let pacing = if non_mutating {
+            self.describe_pacing
+        } else {
+            self.pacing
+        };
+        if !pacing.is_limited() {
+            return None;
+        }
+        let key = BucketKey {
+            endpoint: self.endpoint.clone(),
+            access_key_id: self.credentials.as_ref().map(|c| c.access_key_id.clone()),
+            region: region.to_owned(),
+            operation,
+        };
+        Some(
+            BUCKETS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key)
+                .or_insert_with(|| Arc::new(TokenBucket::new(pacing, Instant::now())))
+                .clone(),
+        )
     }
 
     /// EC2 API calls made through this value (for benchmarks).
@@ -154,10 +244,67 @@ fn is_throttling(code: Option<&str>) -> bool {
     )
 }
 
-/// Runs an EC2 call, backing off on throttling (and on `retry_also` codes,
-/// such as a snapshot still in use) up to six attempts.
+/// Which token bucket: EC2 keeps one per account, region and API.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct BucketKey {
+    endpoint: Option<String>,
+    access_key_id: Option<String>,
+    region: String,
+    operation: &'static str,
+}
+
+static BUCKETS: LazyLock<Mutex<BTreeMap<BucketKey, Arc<TokenBucket>>>> =
+    LazyLock::new(Mutex::default);
+
+/// A token bucket, as EC2 throttles with: up to `burst` calls at once, then
+/// `requests_per_second`. A call takes a token now or reserves the next one
+/// to come (the count goes below zero), so callers queue in arrival order.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    // Tokens (below zero: reserved ahead) as of the instant.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(pacing: Pacing, now: Instant) -> TokenBucket {
+        let burst = f64::from(pacing.burst.max(1));
+        TokenBucket {
+            rate: pacing.requests_per_second,
+            burst,
+            state: Mutex::new((burst, now)),
+        }
+    }
+
+    /// Takes a token at `now`; returns how long to wait before the call.
+    fn take(&self, now: Instant) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, at) = &mut *state;
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.burst) - 1.0;
+        *at = (*at).max(now);
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / self.rate)
+        }
+    }
+
+    /// The cloud throttled a call all the same (someone else shares the
+    /// account's bucket): what is left of the burst is not there.
+    fn throttled(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = state.0.min(0.0);
+    }
+}
+
+/// Runs an EC2 call in its turn (see [`EC2_MUTATING`]), backing off on
+/// throttling (and on `retry_also` codes, such as a snapshot still in use)
+/// up to six attempts.
 async fn with_backoff<T, E, F, Fut>(
     aws: &Aws,
+    region: &str,
+    operation: &'static str,
     retry_also: &[&str],
     mut call: F,
 ) -> Result<T, aws_sdk_ec2::error::SdkError<E>>
@@ -168,10 +315,16 @@ where
 {
     let mut wait = Duration::from_millis(200);
     for attempt in 1.. {
+        aws.pace(region, operation).await;
         aws.count();
         match call().await {
             Err(e) if attempt < ATTEMPTS => {
                 let code = error_code(&e);
+                if is_throttling(code)
+                    && let Some(bucket) = aws.bucket(region, operation)
+                {
+                    bucket.throttled();
+                }
                 if !is_throttling(code) && !code.is_some_and(|c| retry_also.contains(&c)) {
                     return Err(e);
                 }
@@ -197,6 +350,10 @@ fn is_auth_error(code: Option<&str>) -> bool {
 }
 
 impl ImageProvider for Aws {
+    fn pacing(&self) -> Pacing {
+        self.pacing
+    }
+
     fn check_regions<'a>(
         &'a self,
         regions: &'a [String],
@@ -348,7 +505,7 @@ impl ImageProvider for Aws {
                     .delete_associated_snapshots(true)
                     .send()
             };
-            match with_backoff(self, &[], deregister).await {
+            match with_backoff(self, &image.region, "DeregisterImage", &[], deregister).await {
                 Ok(out) => {
                     let done: Vec<&str> = out
                         .delete_snapshot_results()
@@ -398,7 +555,7 @@ impl ImageProvider for Aws {
                     .flat_map(|i| i.snapshots)
                     .collect();
                 let client = self.client(region).await;
-                let snapshots = with_backoff(self, &[], || {
+                let snapshots = with_backoff(self, region, "DescribeSnapshots", &[], || {
                     client
                         .describe_snapshots()
                         .owner_ids("self")
@@ -439,7 +596,7 @@ impl ImageProvider for Aws {
             }
             let client = self.client(&image.region).await;
             let when = aws_sdk_ec2::primitives::DateTime::from_secs(at.as_second());
-            match with_backoff(self, &[], || {
+            match with_backoff(self, &image.region, "EnableImageDeprecation", &[], || {
                 client
                     .enable_image_deprecation()
                     .image_id(&image.image_id)
@@ -475,7 +632,9 @@ impl ImageProvider for Aws {
 
 impl Aws {
     /// A provider for an EC2 emulator (moto) at `endpoint`, which takes any
-    /// credentials: the tests, the benchmark and the demo use it.
+    /// credentials: the tests, the benchmark and the demo use it. moto
+    /// documents no request limits, so calls are not paced
+    /// ([`Self::with_pacing`] paces them as EC2's would be).
     pub fn for_emulator(endpoint: &str) -> Aws {
         Aws::new(
             Some(endpoint.to_owned()),
@@ -485,6 +644,7 @@ impl Aws {
                 session_token: None,
             }),
         )
+        .with_pacing(Pacing::UNLIMITED, Pacing::UNLIMITED)
     }
 }
 
@@ -542,9 +702,13 @@ impl Aws {
         region: &str,
         snapshot: &str,
     ) -> Result<(), ProviderError> {
-        match with_backoff(self, &["InvalidSnapshot.InUse"], || {
-            client.delete_snapshot().snapshot_id(snapshot).send()
-        })
+        match with_backoff(
+            self,
+            region,
+            "DeleteSnapshot",
+            &["InvalidSnapshot.InUse"],
+            || client.delete_snapshot().snapshot_id(snapshot).send(),
+        )
         .await
         {
             Ok(_) => Ok(()),
@@ -568,7 +732,7 @@ impl Aws {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = with_backoff(self, &[], || {
+            let page = with_backoff(self, region, "DescribeImages", &[], || {
                 client
                     .describe_images()
                     .owners("self")
@@ -598,7 +762,40 @@ impl Aws {
 
 #[cfg(test)]
 mod tests {
-    use super::anchor_region;
+    use std::time::{Duration, Instant};
+
+    use super::{Pacing, TokenBucket, anchor_region};
+
+    fn bucket(burst: u32, requests_per_second: f64, now: Instant) -> TokenBucket {
+        let pacing = Pacing {
+            concurrency: 1,
+            requests_per_second,
+            burst,
+        };
+        TokenBucket::new(pacing, now)
+    }
+
+    #[test]
+    fn the_bucket_lets_a_burst_go_then_queues_calls_at_the_rate() {
+        let t0 = Instant::now();
+        let b = bucket(3, 2.0, t0);
+        let waits: Vec<Duration> = (0..6).map(|_| b.take(t0)).collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 0, 0, 500, 1000, 1500]);
+        // Once the queue has gone, the bucket refills, never past the burst.
+        let later = t0 + Duration::from_secs(60);
+        let ms: Vec<u128> = (0..4).map(|_| b.take(later).as_millis()).collect();
+        assert_eq!(ms, [0, 0, 0, 500]);
+    }
+
+    #[test]
+    fn a_throttled_call_gives_up_the_burst_left() {
+        let t0 = Instant::now();
+        let b = bucket(50, 4.0, t0);
+        assert_eq!(b.take(t0), Duration::ZERO);
+        b.throttled();
+        assert_eq!(b.take(t0).as_millis(), 250);
+    }
 
     #[test]
     fn regions_are_checked_from_their_partition() {

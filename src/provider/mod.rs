@@ -92,8 +92,52 @@ pub enum ProviderError {
     },
 }
 
+/// How hard retention may drive a provider, per region: calls in flight and
+/// a token bucket (`burst` calls at once, then `requests_per_second`).
+/// Clouds throttle per account and region, so each region has its own budget
+/// and regions proceed in parallel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pacing {
+    /// Deletions (or deprecations) in flight per region.
+    pub concurrency: usize,
+    /// Sustained calls per second of each API, per region;
+    /// `f64::INFINITY` when the provider documents no limit.
+    pub requests_per_second: f64,
+    /// Calls of each API that may go at once before the rate applies.
+    pub burst: u32,
+}
+
+impl Pacing {
+    /// Deletions in flight per region when a provider says nothing else.
+    pub const DEFAULT_CONCURRENCY: usize = 8;
+
+    /// No rate limit, [`Self::DEFAULT_CONCURRENCY`] in flight.
+    pub const UNLIMITED: Pacing = Pacing {
+        concurrency: Self::DEFAULT_CONCURRENCY,
+        requests_per_second: f64::INFINITY,
+        burst: u32::MAX,
+    };
+
+    /// Whether calls need pacing at all.
+    pub fn is_limited(&self) -> bool {
+        self.requests_per_second.is_finite()
+    }
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing::UNLIMITED
+    }
+}
+
 /// What kiln does with images at a provider.
 pub trait ImageProvider: Send + Sync {
+    /// How retention paces its calls (the provider itself holds each call to
+    /// the rate; retention keeps `concurrency` in flight per region).
+    fn pacing(&self) -> Pacing {
+        Pacing::default()
+    }
+
     /// Checks, before a build, that the regions exist at this endpoint.
     fn check_regions<'a>(
         &'a self,
