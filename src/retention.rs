@@ -283,7 +283,8 @@ pub async fn evaluate(
         }
         outcomes.extend(carry_out(build, per_region, now).await);
         // What deleted images left behind (a snapshot whose delete failed or
-        // was interrupted) goes now.
+        // was interrupted) goes now. The provider's listings are shared, so
+        // this costs no call per ImageBuild.
         match build.provider.sweep(&build.regions, ns, &build.build).await {
             Ok(swept) if !swept.is_empty() => {
                 tracing::info!(build = %build.build, swept = %swept.join(", "), "deleted what deleted images left behind");

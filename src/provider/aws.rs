@@ -47,7 +47,24 @@ pub struct Aws {
     pacing: Pacing,
     // Non-mutating calls (DescribeImages, DescribeSnapshots).
     describe_pacing: Pacing,
+    // kiln's images per region, listed once and shared by every ImageBuild
+    // and policy with these credentials; one listing at a time per region.
+    listings: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Listing>>>>>,
+    // kiln's snapshots per region (id, namespace, ImageBuild), likewise.
+    snapshot_listings:
+        std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Snapshots>>>>>,
 }
+
+/// When a region's snapshot listing was made, and what it found.
+type Snapshots = (std::time::Instant, Arc<Vec<(String, String, String)>>);
+
+/// When a region's listing was made, and what it found.
+type Listing = (std::time::Instant, Arc<Vec<ImageInfo>>);
+
+/// How long a region's listing of kiln's images is reused. Anything kiln
+/// itself changes (a claim, a deletion, a deprecation) drops it at once; a
+/// change by someone else is seen this much later.
+pub const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Deletions retention has in flight per region, by default.
 pub const CONCURRENCY: usize = Pacing::DEFAULT_CONCURRENCY;
@@ -96,7 +113,155 @@ impl Aws {
             clients: std::sync::Mutex::default(),
             pacing: EC2_MUTATING,
             describe_pacing: EC2_NON_MUTATING,
+            listings: std::sync::Mutex::default(),
+            snapshot_listings: std::sync::Mutex::default(),
         }
+    }
+
+    /// kiln's snapshots in `region`, listed once per [`LISTING_TTL`].
+    async fn snapshots_in(&self, region: &str) -> Result<Snapshots, ProviderError> {
+        let slot = self
+            .snapshot_listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(region.to_owned())
+            .or_default()
+            .clone();
+        let mut listing = slot.lock().await;
+        if let Some((at, found)) = listing.as_ref()
+            && at.elapsed() < LISTING_TTL
+        {
+            return Ok((*at, found.clone()));
+        }
+        let client = self.client(region).await;
+        let at = std::time::Instant::now();
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = with_backoff(self, region, "DescribeSnapshots", &[], || {
+                client
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .filters(
+                        Filter::builder()
+                            .name("tag-key")
+                            .values(super::tags::IMAGE_BUILD)
+                            .build(),
+                    )
+                    .set_next_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| ProviderError::Api {
+                operation: "DescribeSnapshots",
+                region: region.to_owned(),
+                message: describe_error(&e),
+            })?;
+            out.extend(page.snapshots().iter().filter_map(|s| {
+                let tag = |key: &str| {
+                    s.tags()
+                        .iter()
+                        .find(|t| t.key() == Some(key))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned)
+                };
+                Some((
+                    s.snapshot_id()?.to_owned(),
+                    tag(super::tags::NAMESPACE)?,
+                    tag(super::tags::IMAGE_BUILD)?,
+                ))
+            }));
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        let found = Arc::new(out);
+        *listing = Some((at, found.clone()));
+        Ok((at, found))
+    }
+
+    fn listing(&self, region: &str) -> Arc<tokio::sync::Mutex<Option<Listing>>> {
+        self.listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(region.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops a region's listings: kiln changed an image there.
+    fn forget_listing(&self, region: &str) {
+        self.listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(region);
+        self.snapshot_listings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(region);
+    }
+
+    /// Every image in `region` that carries kiln's owner tags, listed once
+    /// per [`LISTING_TTL`]: a thousand policies cost one listing, not one
+    /// per ImageBuild.
+    async fn owned_in(&self, region: &str) -> Result<Arc<Vec<ImageInfo>>, ProviderError> {
+        self.owned_in_since(region, None).await
+    }
+
+    /// [`Self::owned_in`], listed no earlier than `since` when given.
+    async fn owned_in_since(
+        &self,
+        region: &str,
+        since: Option<std::time::Instant>,
+    ) -> Result<Arc<Vec<ImageInfo>>, ProviderError> {
+        let slot = self.listing(region);
+        let mut listing = slot.lock().await;
+        if let Some((at, images)) = listing.as_ref()
+            && at.elapsed() < LISTING_TTL
+            && since.is_none_or(|s| *at >= s)
+        {
+            return Ok(images.clone());
+        }
+        let client = self.client(region).await;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = with_backoff(self, region, "DescribeImages", &[], || {
+                client
+                    .describe_images()
+                    .owners("self")
+                    .filters(
+                        Filter::builder()
+                            .name("tag-key")
+                            .values(super::tags::IMAGE_BUILD)
+                            .build(),
+                    )
+                    .max_results(1000)
+                    .set_next_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| ProviderError::Api {
+                operation: "DescribeImages",
+                region: region.to_owned(),
+                message: describe_error(&e),
+            })?;
+            out.extend(page.images().iter().filter_map(|i| image_info(region, i)));
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        let images = Arc::new(out);
+        *listing = Some((std::time::Instant::now(), images.clone()));
+        Ok(images)
     }
 
     /// Paces mutating and non-mutating calls as given instead of to EC2's
@@ -411,6 +576,9 @@ impl ImageProvider for Aws {
                 .map(|(k, v)| Tag::builder().key(k).value(v).build())
                 .collect();
             for a in artifacts {
+                self.forget_listing(&a.region);
+            }
+            for a in artifacts {
                 let client = self.client(&a.region).await;
                 let api = |operation| {
                     let region = a.region.clone();
@@ -477,7 +645,17 @@ impl ImageProvider for Aws {
         Box::pin(async move {
             let mut all = Vec::new();
             for region in regions {
-                all.extend(self.list_region(region, namespace, image_build).await?);
+                let owned = self.owned_in(region).await?;
+                all.extend(
+                    owned
+                        .iter()
+                        .filter(|i| {
+                            i.owner.as_ref().is_some_and(|o| {
+                                o.namespace == namespace && o.image_build == image_build
+                            })
+                        })
+                        .cloned(),
+                );
             }
             Ok(all)
         })
@@ -488,6 +666,7 @@ impl ImageProvider for Aws {
         image: &'a ImageInfo,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move {
+            self.forget_listing(&image.region);
             let client = self.client(&image.region).await;
             let api = |operation: &'static str, message: String| ProviderError::Api {
                 operation,
@@ -548,37 +727,26 @@ impl ImageProvider for Aws {
         Box::pin(async move {
             let mut deleted = Vec::new();
             for region in regions {
+                // Snapshots first, then images listed no earlier: a snapshot
+                // seen without its AMI is then truly one whose AMI is gone.
+                let (listed_at, snapshots) = self.snapshots_in(region).await?;
                 let in_use: std::collections::BTreeSet<String> = self
-                    .list_region(region, namespace, image_build)
+                    .owned_in_since(region, Some(listed_at))
                     .await?
-                    .into_iter()
-                    .flat_map(|i| i.snapshots)
+                    .iter()
+                    .flat_map(|i| i.snapshots.iter().cloned())
                     .collect();
                 let client = self.client(region).await;
-                let snapshots = with_backoff(self, region, "DescribeSnapshots", &[], || {
-                    client
-                        .describe_snapshots()
-                        .owner_ids("self")
-                        .filters(tag_filter(super::tags::NAMESPACE, namespace))
-                        .filters(tag_filter(super::tags::IMAGE_BUILD, image_build))
-                        .send()
-                })
-                .await
-                .map_err(|e| ProviderError::Api {
-                    operation: "DescribeSnapshots",
-                    region: region.clone(),
-                    message: describe_error(&e),
-                })?;
                 // kiln tags a snapshot only with its verified AMI, so an owned
                 // snapshot no owned AMI uses belonged to an AMI kiln deleted.
-                for id in snapshots
-                    .snapshots()
-                    .iter()
-                    .filter_map(|s| s.snapshot_id())
-                    .filter(|id| !in_use.contains(*id))
-                {
+                for (id, _, _) in snapshots.iter().filter(|(id, ns, build)| {
+                    ns == namespace && build == image_build && !in_use.contains(id)
+                }) {
                     self.delete_snapshot(&client, region, id).await?;
                     deleted.push(format!("{region}/{id}"));
+                }
+                if !deleted.is_empty() {
+                    self.forget_listing(region);
                 }
             }
             Ok(deleted)
@@ -594,6 +762,7 @@ impl ImageProvider for Aws {
             if image.deprecated {
                 return Ok(None);
             }
+            self.forget_listing(&image.region);
             let client = self.client(&image.region).await;
             let when = aws_sdk_ec2::primitives::DateTime::from_secs(at.as_second());
             match with_backoff(self, &image.region, "EnableImageDeprecation", &[], || {
