@@ -172,6 +172,9 @@ fn policy_error_policy(policy: Arc<ImagePolicy>, error: &Error, ctx: Arc<Context
     retry_after(&*policy, error, &ctx, Duration::from_secs(30))
 }
 
+/// How long the reconcile loops get to stop after a shutdown.
+const STOP_LOOPS_WITHIN: Duration = Duration::from_secs(10);
+
 /// Runs both controllers until `shutdown` is cancelled.
 pub async fn run(
     client: Client,
@@ -268,14 +271,29 @@ pub async fn run(
                 .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(image_policy::reconcile, policy_error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "policy reconcile loop");
             }
         });
-    futures::join!(build_loop, policy_loop);
+    // The loops stop on shutdown once running reconciles finish. With many
+    // objects they have been seen not to stop at all; every reconcile is
+    // safe to interrupt, so the wait is bounded, well within the Pod's
+    // termination grace.
+    let loops = async { futures::join!(build_loop, policy_loop) };
+    let bounded = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(STOP_LOOPS_WITHIN).await;
+    };
+    tokio::select! {
+        _ = loops => {}
+        () = bounded => tracing::warn!(
+            seconds = STOP_LOOPS_WITHIN.as_secs(),
+            "the reconcile loops did not stop in time after the shutdown; stopping without them"
+        ),
+    }
     ready.store(false, Ordering::Relaxed);
     // Process builds are stopped the way Packer can clean up after: SIGTERM,
     // then the grace period. Each leaves an interrupted result that the next
