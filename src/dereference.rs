@@ -151,8 +151,11 @@ struct Shared {
     /// One provider (with its clients and their connection pools) per
     /// provider type, endpoint and credentials.
     providers: std::sync::Mutex<BTreeMap<String, Arc<dyn ImageProvider>>>,
-    /// Region lists a provider confirmed, by provider key and regions.
-    regions: std::sync::Mutex<BTreeMap<String, std::time::Instant>>,
+    /// When a provider last confirmed a region list, by provider key and
+    /// regions. One lock per list, so that a cold start with thousands of
+    /// ImageBuilds asks once while the others wait for the answer.
+    regions:
+        std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<std::time::Instant>>>>>,
 }
 
 fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -270,17 +273,16 @@ impl Reader {
         regions: &[String],
     ) -> Result<(), ProviderError> {
         let key = format!("{key}|{}", regions.join(","));
-        if let Some(shared) = &self.cache
-            && locked(&shared.regions)
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < REGIONS_TTL)
-        {
+        let Some(shared) = &self.cache else {
+            return provider.check_regions(regions).await;
+        };
+        let slot = locked(&shared.regions).entry(key).or_default().clone();
+        let mut checked = slot.lock().await;
+        if checked.is_some_and(|at| at.elapsed() < REGIONS_TTL) {
             return Ok(());
         }
         provider.check_regions(regions).await?;
-        if let Some(shared) = &self.cache {
-            locked(&shared.regions).insert(key, std::time::Instant::now());
-        }
+        *checked = Some(std::time::Instant::now());
         Ok(())
     }
 }

@@ -107,6 +107,32 @@ async fn repeated_sigkills_during_builds_lose_no_image_and_leak_nothing() {
     let in_cloud = all_amis(&env).await;
     let known = recorded(&builds);
     let lost: Vec<&String> = in_cloud.difference(&known).collect();
+    if !lost.is_empty() {
+        for region in REGIONS {
+            for image in amis(&env.ec2(), region).await {
+                if image
+                    .image_id()
+                    .is_some_and(|id| lost.iter().any(|l| *l == id))
+                {
+                    println!("lost in {region}: {image:?}");
+                }
+            }
+        }
+        for b in &builds {
+            println!("{:?}: {:#?}", b.metadata.name, b.status);
+        }
+        // What Packer said in every run: which step each kill interrupted.
+        let builds_dir = env.dir.path().join("builds");
+        for entry in std::fs::read_dir(&builds_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let out = std::fs::read_to_string(entry.path().join("packer.out")).unwrap_or_default();
+            let said: Vec<&str> = out.lines().filter(|l| l.contains(",ui,")).collect();
+            println!("{}:\n{}", entry.path().display(), said.join("\n"));
+        }
+    }
     assert!(lost.is_empty(), "AMIs no status records: {lost:?}");
     // One image per build and region: nothing built twice.
     for b in &builds {

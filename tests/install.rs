@@ -390,6 +390,7 @@ async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secret
         }],
         message: None,
         packer_version: Some("1.16.0".into()),
+        created: Default::default(),
     };
     finish_runner_pod(
         &pods,

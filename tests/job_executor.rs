@@ -200,6 +200,7 @@ async fn job_executor_runs_the_runner_in_a_locked_down_job_and_reads_its_result(
         }],
         message: None,
         packer_version: Some("1.6.6".into()),
+        created: Default::default(),
     };
     finish_runner_pod(
         &pods,

@@ -18,7 +18,7 @@ use crate::{
     dereference::{self, Resolved},
     executor::Launch,
     image_build::{
-        decide::{self, BuildDecision, InputProblem, Inputs, Observation, RunState, Start},
+        decide::{self, BuildDecision, InputProblem, Inputs, Observation, RunState, Start, Sweep},
         identity::job_name,
         status,
     },
@@ -224,8 +224,17 @@ async fn act(
             current,
             message,
             retryable,
-        } => finish_failed(ctx, ib, old, &current, &message, retryable, now).await,
-        BuildDecision::Interrupted { current, message } => {
+            sweep,
+        } => {
+            let message = swept(ib, &current, sweep, message).await?;
+            finish_failed(ctx, ib, old, &current, &message, retryable, now).await
+        }
+        BuildDecision::Interrupted {
+            current,
+            message,
+            sweep,
+        } => {
+            let message = swept(ib, &current, sweep, message).await?;
             warn!(build_id = %current.build_id, %message, "build interrupted; starting it again");
             let s = status::interrupted(old, &current, &message, generation, now);
             let note = format!(
@@ -278,6 +287,42 @@ async fn act(
             Action::requeue(decide::recheck_after(&ib.spec, now, ctx.config.resync)),
         ),
     })
+}
+
+/// Removes what a run that ended without images left in the cloud, before
+/// its end is recorded (and the same build runs again): a crash in between
+/// finds the same result and sweeps again. Returns `message` with what was
+/// removed.
+async fn swept(
+    ib: &ImageBuild,
+    current: &CurrentBuild,
+    sweep: Option<Sweep<Resolved>>,
+    message: String,
+) -> Result<String, Error> {
+    let Some(sweep) = sweep else {
+        return Ok(message);
+    };
+    match sweep
+        .inputs
+        .provider
+        .reclaim(&ib.spec.provider.regions, &sweep.created)
+        .await
+    {
+        Ok(removed) if removed.is_empty() => Ok(message),
+        Ok(removed) => {
+            info!(build_id = %current.build_id, removed = %removed.join(", "), "removed what the build left in the cloud");
+            Ok(format!(
+                "{message} (kiln removed what the run left: {})",
+                removed.join(", ")
+            ))
+        }
+        // Unreachable provider: the result stays; sweep on the next look.
+        Err(e @ ProviderError::Api { .. }) => Err(e.into()),
+        Err(e) => {
+            warn!(build_id = %current.build_id, error = %e, "cannot remove what the build left in the cloud");
+            Ok(message)
+        }
+    }
 }
 
 fn executor_of(ib: &ImageBuild, ctx: &Context) -> ExecutorType {

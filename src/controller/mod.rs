@@ -184,7 +184,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (finished, finished_rx) = mpsc::unbounded_channel();
-    let (build_store, build_writer) = reflector::store();
+    // One watch and one cache of ImageBuilds, shared by both controllers: at
+    // 10,000 objects a second copy cost as much memory as the first.
+    let (build_store, build_writer) = reflector::store_shared(SHARED_BUFFER);
+    let Some(build_events) = build_writer.subscribe() else {
+        unreachable!("a shared store can always be subscribed to")
+    };
     let instance = std::env::var("POD_NAME").ok();
     let recorder = Recorder::new(
         client.clone(),
@@ -217,15 +222,23 @@ pub async fn run(
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(executor = ?config.default_executor, namespace = config.namespace.as_deref().unwrap_or("<all>"), "controller started");
-    let watched_builds = builds.clone();
     let policies: Api<ImagePolicy> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let build_watch = watcher(builds, watcher::Config::default())
+        .default_backoff()
+        .modify(drop_managed_fields)
+        .reflect_shared(build_writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching ImageBuilds");
+            }
+        });
     // Bounded, so a cold start with thousands of objects neither opens
     // thousands of connections at once nor trips the apiserver's fairness.
     let concurrency = runtime::Config::default().concurrency(config.max_concurrent_reconciles);
-    let build_loop = Controller::new(builds, watcher::Config::default())
+    let build_loop = Controller::for_shared_stream(build_events.clone(), ctx.builds.clone())
         .with_config(concurrency.clone())
         .owns(
             jobs,
@@ -239,38 +252,30 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile loop");
             }
         });
-    // A new image re-evaluates the policies that select its ImageBuild at
-    // once, so superseded images go without waiting an interval. Only what a
-    // policy reads passes: the status writes of a running build would
-    // otherwise list every image at the provider each time.
-    // The initial listing passes no object: the policy controller evaluates
-    // every policy on start anyway, and letting them through evaluated each
-    // policy twice.
-    let build_changes = reflector::reflector(
-        build_writer,
-        watcher(watched_builds, watcher::Config::default()).default_backoff(),
+    let (policy_store, policy_writer) = reflector::store();
+    let policy_watch = reflector::reflector(
+        policy_writer,
+        watcher(policies, watcher::Config::default())
+            .default_backoff()
+            .modify(drop_managed_fields),
     )
-    .filter_map(|event| {
-        futures::future::ready(match event {
-            Ok(watcher::Event::Apply(ib) | watcher::Event::Delete(ib)) => Some(Ok(ib)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
-        })
-    })
-    .predicate_filter(what_policies_read, Default::default());
+    .applied_objects();
     let policy_controller =
-        Controller::new(policies, watcher::Config::default()).with_config(concurrency);
-    let store = policy_controller.store();
+        Controller::for_stream(policy_watch, policy_store.clone()).with_config(concurrency);
+    let started = now();
     let policy_loop = policy_controller
-        .watches_stream(build_changes, move |ib: ImageBuild| {
-            let ns = ib.metadata.namespace.clone();
-            store
-                .state()
-                .iter()
-                .filter(|p| p.metadata.namespace == ns && selects(&p.spec, &ib))
-                .map(|p| ObjectRef::from_obj(&**p))
-                .collect::<Vec<_>>()
-        })
+        .watches_shared_stream(
+            build_events.filter(policy_relevant(started)),
+            move |ib: Arc<ImageBuild>| {
+                let ns = ib.metadata.namespace.clone();
+                policy_store
+                    .state()
+                    .iter()
+                    .filter(|p| p.metadata.namespace == ns && selects(&p.spec, &ib))
+                    .map(|p| ObjectRef::from_obj(&**p))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(image_policy::reconcile, policy_error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -282,7 +287,13 @@ pub async fn run(
     // objects they have been seen not to stop at all; every reconcile is
     // safe to interrupt, so the wait is bounded, well within the Pod's
     // termination grace.
-    let loops = async { futures::join!(build_loop, policy_loop) };
+    // The shared watch ends with the loops: it has no subscriber left.
+    let loops = async {
+        tokio::select! {
+            _ = async { futures::join!(build_loop, policy_loop) } => {}
+            () = build_watch => {}
+        }
+    };
     let bounded = async {
         shutdown.cancelled().await;
         tokio::time::sleep(STOP_LOOPS_WITHIN).await;
@@ -302,9 +313,42 @@ pub async fn run(
     tracing::info!("controller stopped");
 }
 
+/// Room for events not yet taken by the slower of the shared watch's two
+/// readers; the watch waits when it is full.
+const SHARED_BUFFER: usize = 1024;
+
+/// Kubernetes' record of who wrote which field: a third of a stored object,
+/// and kiln never reads it.
+fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Passes the ImageBuild changes an ImagePolicy cares about (see
+/// [`what_policies_read`]). An ImageBuild first seen that existed before the
+/// controller `started` passes nothing: every policy is evaluated on start
+/// anyway, and letting it through evaluated each policy twice.
+fn policy_relevant(
+    started: jiff::Timestamp,
+) -> impl FnMut(&Arc<ImageBuild>) -> futures::future::Ready<bool> {
+    let mut seen: std::collections::HashMap<ObjectRef<ImageBuild>, u64> = Default::default();
+    move |ib| {
+        let read = what_policies_read(ib);
+        let created = ib
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 >= started);
+        let pass = match seen.insert(ObjectRef::from_obj(&**ib), read) {
+            Some(before) => before != read,
+            None => created,
+        };
+        futures::future::ready(pass)
+    }
+}
+
 /// The parts of an ImageBuild an ImagePolicy reads: labels (selectors), the
 /// latest image and the parent images in use.
-fn what_policies_read(ib: &ImageBuild) -> Option<u64> {
+fn what_policies_read(ib: &ImageBuild) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ib.metadata.labels.hash(&mut h);
@@ -318,7 +362,7 @@ fn what_policies_read(ib: &ImageBuild) -> Option<u64> {
             .map(|c| &c.parent_image)
             .hash(&mut h);
     }
-    Some(h.finish())
+    h.finish()
 }
 
 /// Now, in whole seconds: the apiserver stores times to the second, and a

@@ -36,7 +36,7 @@ const PID_FILE: &str = "runner.pid";
 
 enum Run {
     Running(Option<oneshot::Sender<String>>),
-    Done(RunState),
+    Done(Box<RunState>),
 }
 
 /// Runs builds as child processes.
@@ -162,7 +162,7 @@ impl ProcessExecutor {
             };
             runs.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(build_id.clone(), Run::Done(outcome));
+                .insert(build_id.clone(), Run::Done(Box::new(outcome)));
             on_finish(&build_id);
         });
         Ok(format!("pid:{pid}"))
@@ -173,7 +173,7 @@ impl ProcessExecutor {
     pub fn observe(&self, build_id: &str) -> RunState {
         match self.lock().get(build_id) {
             Some(Run::Running(_)) => RunState::Running,
-            Some(Run::Done(state)) => state.clone(),
+            Some(Run::Done(state)) => (**state).clone(),
             None => adopt(&self.workdir(build_id)),
         }
     }

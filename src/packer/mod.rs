@@ -2,6 +2,7 @@
 //! and running it for one build (`kiln runner`).
 
 pub mod artifacts;
+pub mod created;
 pub mod machine_readable;
 pub mod runner;
 

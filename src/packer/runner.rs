@@ -23,7 +23,7 @@ use super::{
     machine_readable::Summary,
 };
 use crate::api::ProviderType;
-pub use kiln_core::image_build::run::{Outcome, RunnerResult};
+pub use kiln_core::image_build::run::{Created, Outcome, RunnerResult};
 
 /// Environment variable carrying the [`BuildRequest`] as JSON.
 pub const REQUEST_ENV: &str = "KILN_BUILD_REQUEST";
@@ -227,6 +227,7 @@ pub async fn run_from_env(
             artifacts: vec![],
             message: Some(redactor.redact(&e.to_string())),
             packer_version: None,
+            created: Default::default(),
         },
     };
     let json = serde_json::to_vec(&result)
@@ -258,6 +259,7 @@ pub async fn run(
             artifacts,
             message: message.map(|m| tail(&redactor.redact(&m), MAX_MESSAGE)),
             packer_version: version.map(|v| v.to_string()),
+            created: Default::default(),
         };
 
     let version_out = match packer(options, dir, &["version"]).await {
@@ -316,6 +318,7 @@ pub async fn run(
             version,
         ));
     }
+    let since = jiff::Timestamp::now();
     let (build, interrupted) = packer_streaming(
         options,
         dir,
@@ -325,7 +328,24 @@ pub async fn run(
     .await
     .map_err(io("running packer build"))?;
     let summary = Summary::from_output(&build.stdout);
-    if interrupted {
+    // Whatever the run announced, for the sweep should it not end with
+    // recorded images.
+    let mut created = Created {
+        since: Some(since),
+        ..Default::default()
+    };
+    super::created::collect(&build.stdout, &mut created);
+    let result = |outcome, message, artifacts, version| RunnerResult {
+        created: match outcome {
+            Outcome::Succeeded => Created::default(),
+            _ => created.clone(),
+        },
+        ..result(outcome, message, artifacts, version)
+    };
+    // A stop that came as Packer finished does not undo the build: a
+    // successful exit with artifacts is a built image, to be recorded.
+    let built = build.success && !summary.artifacts.is_empty();
+    if interrupted && !built {
         let cleaned = build.stdout.contains("Cleanly cancelled builds")
             || build.stderr.contains("Cleanly cancelled builds");
         return Ok(result(

@@ -1,5 +1,7 @@
 //! AWS: AMIs and their EBS snapshots, through aws-sdk-ec2.
 
+mod reclaim;
+
 use aws_sdk_ec2::{
     Client,
     config::{BehaviorVersion, Credentials, Region},
@@ -20,7 +22,7 @@ use jiff::Timestamp;
 
 use super::{ImageProvider, Owner, Pacing, ProviderError};
 use crate::api::RegionArtifact;
-use kiln_core::retention::ImageInfo;
+use kiln_core::{image_build::run::Created, retention::ImageInfo};
 
 /// Credentials read from the ImageBuild's Secret.
 #[derive(Clone)]
@@ -750,6 +752,20 @@ impl ImageProvider for Aws {
                 }
             }
             Ok(deleted)
+        })
+    }
+
+    fn reclaim<'a>(
+        &'a self,
+        regions: &'a [String],
+        created: &'a Created,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>> {
+        Box::pin(async move {
+            let mut removed = Vec::new();
+            for region in regions {
+                removed.extend(self.reclaim_in(region, created).await?);
+            }
+            Ok(removed)
         })
     }
 

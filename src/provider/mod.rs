@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 
 use crate::api::RegionArtifact;
-use kiln_core::retention::ImageInfo;
+use kiln_core::{image_build::run::Created, retention::ImageInfo};
 
 /// Tag keys kiln puts on every image (and snapshot) it makes. Retention only
 /// ever touches images that carry them.
@@ -178,6 +178,19 @@ pub trait ImageProvider: Send + Sync {
         namespace: &'a str,
         image_build: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>>;
+
+    /// Removes what one run of a build announced it created (see
+    /// [`Created`]) and left behind: its temporary instances, key pairs and
+    /// security groups, and images of the announced names created since the
+    /// run began that carry no other build's tags. Called only for runs that
+    /// ended without recorded images. Returns what it removed.
+    fn reclaim<'a>(
+        &'a self,
+        _regions: &'a [String],
+        _created: &'a Created,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// Marks an image deprecated as of `at`, where the provider can; returns a
     /// note (and leaves the image as it is) where it cannot.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 pub use super::run::RunState;
-use super::run::{Outcome, RunnerResult};
+use super::run::{Created, Outcome, RunnerResult};
 use super::{
     identity::{build_id, build_key},
     schedule::Schedule,
@@ -97,6 +97,17 @@ pub struct Start<I> {
     pub inputs: I,
 }
 
+/// What a run that ended without images announced it created (Packer's
+/// temporary instance, key pair, security group, images it began), with the
+/// inputs whose provider removes what is left of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep<I> {
+    /// What the run announced.
+    pub created: Created,
+    /// The inputs as they are now (their provider holds the credentials).
+    pub inputs: I,
+}
+
 /// What to do next; each variant carries what acting on it takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BuildDecision<I> {
@@ -130,6 +141,8 @@ pub enum BuildDecision<I> {
         /// Whether another attempt may succeed (`packer validate` failures
         /// never do).
         retryable: bool,
+        /// What the run left in the cloud, to remove first.
+        sweep: Option<Sweep<I>>,
     },
     /// The running build was stopped by a controller shutdown or restart:
     /// record that, count no failure, and build again.
@@ -138,6 +151,8 @@ pub enum BuildDecision<I> {
         current: CurrentBuild,
         /// What stopped it.
         message: String,
+        /// What the run left in the cloud, to remove before it runs again.
+        sweep: Option<Sweep<I>>,
     },
     /// A failed build is retried at this time.
     RetryAt(Timestamp),
@@ -189,20 +204,42 @@ fn finished<I: Clone>(
 ) -> BuildDecision<I> {
     let message = |default: &str| result.message.clone().unwrap_or_else(|| default.into());
     let current = current.clone();
+    // A run that ended without images may have left some of what it made;
+    // removing that takes the provider, so missing inputs wait.
+    let sweep = match (result.outcome, result.created.is_empty(), inputs) {
+        (Outcome::Succeeded, _, _) | (_, true, _) => None,
+        (_, false, Some(Ok(inputs))) => Some(Sweep {
+            created: result.created.clone(),
+            inputs: inputs.resolved.clone(),
+        }),
+        (_, false, Some(Err(problem))) => {
+            return BuildDecision::Waiting {
+                reason: reasons::DEPENDENCY_NOT_FOUND,
+                message: format!(
+                    "build {} ended, and removing what it left in the cloud needs its inputs, which can no longer be read: {problem:?}",
+                    current.build_id
+                ),
+            };
+        }
+        (_, false, None) => return BuildDecision::Wait(POLL_DEPENDENCY),
+    };
     match result.outcome {
         Outcome::Invalid => BuildDecision::Failed {
             current,
             message: message("packer validate failed"),
             retryable: false,
+            sweep,
         },
         Outcome::Failed => BuildDecision::Failed {
             current,
             message: message("packer build failed"),
             retryable: true,
+            sweep,
         },
         Outcome::Interrupted => BuildDecision::Interrupted {
             current,
             message: message("the runner was stopped"),
+            sweep,
         },
         Outcome::Succeeded => match inputs {
             Some(Ok(inputs)) => BuildDecision::Succeeded {
@@ -234,11 +271,13 @@ pub fn decide<I: Clone>(o: &Observation<'_, I>) -> BuildDecision<I> {
             Some(RunState::Interrupted(why)) => BuildDecision::Interrupted {
                 current: current.clone(),
                 message: why.clone(),
+                sweep: None,
             },
             Some(RunState::Lost(why)) => BuildDecision::Failed {
                 current: current.clone(),
                 message: why.clone(),
                 retryable: true,
+                sweep: None,
             },
             Some(RunState::Running) | None => {
                 let limit = timeout(o.spec);
@@ -456,6 +495,7 @@ retry: {limit: 2, backoff: 10s, maxBackoff: 30s}
             artifacts: vec![],
             message: None,
             packer_version: None,
+            created: Created::default(),
         }
     }
 
@@ -664,6 +704,7 @@ currentBuild:
             artifacts: vec![],
             message: None,
             packer_version: None,
+            created: Created::default(),
         };
         let mut o = observe(&s, &st, "2026-11-22T10:01:00Z");
         o.run = Some(RunState::Finished(result.clone()));
@@ -683,7 +724,8 @@ currentBuild:
             BuildDecision::Failed {
                 current: current.clone(),
                 message: "gone".into(),
-                retryable: true
+                retryable: true,
+                sweep: None
             }
         );
         o.run = Some(RunState::Finished(result_of(Outcome::Invalid)));
@@ -692,7 +734,8 @@ currentBuild:
             BuildDecision::Failed {
                 current: current.clone(),
                 message: "packer validate failed".into(),
-                retryable: false
+                retryable: false,
+                sweep: None
             }
         );
         o.run = Some(RunState::Interrupted("restart".into()));
@@ -700,7 +743,8 @@ currentBuild:
             decide(&o),
             BuildDecision::Interrupted {
                 current: current.clone(),
-                message: "restart".into()
+                message: "restart".into(),
+                sweep: None
             }
         );
         // A runner that reports it was stopped is interrupted, not failed.
@@ -711,10 +755,39 @@ currentBuild:
         assert_eq!(
             decide(&o),
             BuildDecision::Interrupted {
-                current,
-                message: "stopped".into()
+                current: current.clone(),
+                message: "stopped".into(),
+                sweep: None
             }
         );
+        // What an interrupted run announced is swept with the inputs' provider
+        // before it runs again; without readable inputs, it waits.
+        let created = Created {
+            key_pairs: vec!["packer_1".into()],
+            images: vec!["app-1".into()],
+            ..Default::default()
+        };
+        o.run = Some(RunState::Finished(RunnerResult {
+            message: Some("stopped".into()),
+            created: created.clone(),
+            ..result_of(Outcome::Interrupted)
+        }));
+        assert_eq!(
+            decide(&o),
+            BuildDecision::Interrupted {
+                current: current.clone(),
+                message: "stopped".into(),
+                sweep: Some(Sweep {
+                    created,
+                    inputs: ()
+                })
+            }
+        );
+        o.inputs = Some(Err(InputProblem::Missing {
+            reason: reasons::CREDENTIALS_NOT_FOUND,
+            message: "no Secret".into(),
+        }));
+        assert!(matches!(decide(&o), BuildDecision::Waiting { .. }));
     }
 
     #[test]

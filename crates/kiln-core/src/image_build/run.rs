@@ -53,4 +53,45 @@ pub struct RunnerResult {
     /// Packer's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packer_version: Option<String>,
+    /// What Packer said it created in the cloud, for the sweep after a run
+    /// that did not end with recorded images.
+    #[serde(default, skip_serializing_if = "Created::is_empty")]
+    pub created: Created,
+}
+
+/// What Packer announced it created in the cloud during one run: its
+/// temporary instance, key pair and security group, and the images it began.
+/// Packer deletes them when it ends cleanly; after a kill, a cancellation in
+/// the middle of an AMI copy, or a failure, some stay. The controller sweeps
+/// them by this record (docs/crash-safety.md): what the run of a build ID
+/// announced is provably that build's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Created {
+    /// When `packer build` started: an image is the run's only if it was
+    /// created at or after this moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<jiff::Timestamp>,
+    /// Names of the images Packer began creating.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// Temporary instances, by ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// Temporary key pairs, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_pairs: Vec<String>,
+    /// Temporary security groups, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+}
+
+impl Created {
+    /// Nothing was announced.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+            && self.instances.is_empty()
+            && self.key_pairs.is_empty()
+            && self.security_groups.is_empty()
+    }
 }
