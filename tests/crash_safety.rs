@@ -23,16 +23,7 @@ const SETTLE: Duration = Duration::from_secs(300);
 
 /// Every AMI in moto, in both regions.
 async fn all_amis(env: &Env) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for region in REGIONS {
-        out.extend(
-            amis(&env.ec2(), region)
-                .await
-                .iter()
-                .filter_map(|i| i.image_id().map(str::to_owned)),
-        );
-    }
-    out
+    all_amis_of(&env.ec2()).await
 }
 
 /// Every AMI some ImageBuild records: its latest image and its history.
@@ -103,6 +94,14 @@ async fn repeated_sigkills_during_builds_lose_no_image_and_leak_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // What the sweep removed after interrupted runs, as their history says.
+    for b in &builds {
+        for h in &b.status.as_ref().expect("status").history {
+            if let Some(m) = h.message.as_deref().filter(|m| m.contains("kiln removed")) {
+                println!("{}: {m}", h.build_id);
+            }
+        }
+    }
     // Every AMI in the cloud is in some status: none built and lost.
     let in_cloud = all_amis(&env).await;
     let known = recorded(&builds);
@@ -206,4 +205,123 @@ async fn a_conflict_on_the_status_write_after_a_build_records_it_once() {
         "one AMI per region: the build ran once"
     );
     controller.stop().await;
+}
+
+/// The sweep by build removes exactly what a run announced and left: its
+/// instance, key pair and security group, and untagged images of the
+/// announced name made since the run began; never an owned image, an older
+/// one, or one of another name.
+#[tokio::test]
+async fn the_sweep_removes_what_a_run_announced_and_nothing_else() {
+    use kiln::provider::ImageProvider as _;
+    use kiln_core::image_build::run::Created;
+
+    let moto = kiln_testenv::Moto::start()
+        .await
+        .unwrap_or_else(|e| panic!("moto: {e}"));
+    let aws = kiln::provider::aws::Aws::for_emulator(moto.endpoint());
+    let regions: Vec<String> = REGIONS.iter().map(|r| (*r).to_owned()).collect();
+    // What Packer would leave after a cancellation past the AMI copy.
+    let left_copy = make_ami(&aws, "eu-west-1", "app-run-1", &[]).await;
+    let owned = make_ami(
+        &aws,
+        "us-east-1",
+        "app-run-1",
+        &[
+            ("kiln.dev/managed-by", "kiln"),
+            ("kiln.dev/namespace", NS),
+            ("kiln.dev/image-build", "a"),
+            ("kiln.dev/build-id", "other-1"),
+        ],
+    )
+    .await;
+    let foreign = make_ami(&aws, "eu-west-1", "someone-else", &[]).await;
+    let ec2 = aws.client("us-east-1").await;
+    ec2.create_key_pair()
+        .key_name("packer_run1")
+        .send()
+        .await
+        .expect("CreateKeyPair");
+    ec2.create_security_group()
+        .group_name("packer_run1")
+        .description("Temporary group for Packer")
+        .send()
+        .await
+        .expect("CreateSecurityGroup");
+    let instance = ec2
+        .run_instances()
+        .image_id("ami-1e749f67")
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .expect("RunInstances")
+        .instances()[0]
+        .instance_id()
+        .expect("instance")
+        .to_owned();
+    let mut created = Created {
+        since: Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)),
+        images: vec!["app-run-1".into()],
+        instances: vec![instance.clone()],
+        key_pairs: vec!["packer_run1".into()],
+        security_groups: vec!["packer_run1".into()],
+    };
+
+    // Images made before the run began are not the run's.
+    let removed = aws.reclaim(&regions, &created).await.expect("reclaim");
+    assert!(!removed.iter().any(|r| r.contains("image")), "{removed:?}");
+    assert!(all_amis_of(&aws).await.contains(&left_copy));
+
+    created.since = Some(jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10));
+    let removed = aws.reclaim(&regions, &created).await.expect("reclaim");
+    println!("removed: {removed:?}");
+    let amis = all_amis_of(&aws).await;
+    assert!(
+        !amis.contains(&left_copy),
+        "the left copy stays: {removed:?}"
+    );
+    assert!(amis.contains(&owned), "an owned image went");
+    assert!(amis.contains(&foreign), "another name's image went");
+    let left = leftovers(&aws, "us-east-1").await;
+    assert!(
+        !left.iter().any(|l| l.contains("packer_run1")),
+        "left: {left:?}"
+    );
+    let state = ec2
+        .describe_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .expect("DescribeInstances")
+        .reservations()[0]
+        .instances()[0]
+        .state()
+        .and_then(|s| s.name().cloned());
+    assert!(
+        matches!(
+            state,
+            Some(
+                aws_sdk_ec2::types::InstanceStateName::Terminated
+                    | aws_sdk_ec2::types::InstanceStateName::ShuttingDown
+            )
+        ),
+        "{state:?}"
+    );
+    // Sweeping again finds nothing more: a crash mid-sweep is harmless.
+    let again = aws.reclaim(&regions, &created).await.expect("reclaim");
+    assert!(again.is_empty(), "{again:?}");
+}
+
+async fn all_amis_of(aws: &kiln::provider::aws::Aws) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for region in REGIONS {
+        out.extend(
+            amis(aws, region)
+                .await
+                .iter()
+                .filter_map(|i| i.image_id().map(str::to_owned)),
+        );
+    }
+    out
 }
