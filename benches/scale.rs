@@ -463,7 +463,10 @@ async fn run_controller(
         .arg("--workdir")
         .arg(workdir)
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

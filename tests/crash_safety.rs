@@ -127,7 +127,8 @@ async fn repeated_sigkills_during_builds_lose_no_image_and_leak_nothing() {
             .flatten()
             .flatten()
         {
-            let out = std::fs::read_to_string(entry.path().join("packer.out")).unwrap_or_default();
+            let out = std::fs::read_to_string(entry.path().join("packer").join("packer.out"))
+                .unwrap_or_default();
             let said: Vec<&str> = out.lines().filter(|l| l.contains(",ui,")).collect();
             println!("{}:\n{}", entry.path().display(), said.join("\n"));
         }

@@ -211,14 +211,18 @@ async fn act(
         BuildDecision::Start(start) => start_build(ctx, ib, old, start, now).await?,
         BuildDecision::Wait(after) => (status::running(old, generation), Action::requeue(after)),
         BuildDecision::TimedOut { current, message } => {
-            stop_build(
-                ctx,
-                ib,
-                &current,
-                "the build exceeded its timeout and was stopped",
-            )
-            .await?;
-            finish_failed(ctx, ib, old, &current, &message, true, now).await
+            stop_build(ctx, ib, &current, &message).await?;
+            match current.executor {
+                // The runner ends within the grace period, Packer's cleanup
+                // done; that end is recorded, with a sweep of what it left.
+                ExecutorType::Process => (
+                    status::running(old, generation),
+                    Action::requeue(Duration::from_secs(2)),
+                ),
+                ExecutorType::Job => {
+                    finish_failed(ctx, ib, old, &current, &message, true, now).await
+                }
+            }
         }
         BuildDecision::Failed {
             current,

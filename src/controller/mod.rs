@@ -184,12 +184,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (finished, finished_rx) = mpsc::unbounded_channel();
-    // One watch and one cache of ImageBuilds, shared by both controllers: at
-    // 10,000 objects a second copy cost as much memory as the first.
-    let (build_store, build_writer) = reflector::store_shared(SHARED_BUFFER);
-    let Some(build_events) = build_writer.subscribe() else {
-        unreachable!("a shared store can always be subscribed to")
-    };
+    // Two caches of ImageBuilds: the build controller's and the one policies
+    // select from. kube's shared stores would make it one, but a policy
+    // waiting for a shared store to be ready waited forever (kube 5.0).
+    let (build_store, build_writer) = reflector::store();
+    let (reader_for_builds, writer_for_builds) = reflector::store();
     let instance = std::env::var("POD_NAME").ok();
     let recorder = Recorder::new(
         client.clone(),
@@ -222,23 +221,22 @@ pub async fn run(
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(executor = ?config.default_executor, namespace = config.namespace.as_deref().unwrap_or("<all>"), "controller started");
+    let watched_builds = builds.clone();
     let policies: Api<ImagePolicy> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let build_watch = watcher(builds, watcher::Config::default())
-        .default_backoff()
-        .modify(drop_managed_fields)
-        .reflect_shared(build_writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watching ImageBuilds");
-            }
-        });
     // Bounded, so a cold start with thousands of objects neither opens
     // thousands of connections at once nor trips the apiserver's fairness.
     let concurrency = runtime::Config::default().concurrency(config.max_concurrent_reconciles);
-    let build_loop = Controller::for_shared_stream(build_events.clone(), ctx.builds.clone())
+    let build_watch = reflector::reflector(
+        writer_for_builds,
+        watcher(builds, watcher::Config::default())
+            .default_backoff()
+            .modify(drop_unread_metadata),
+    )
+    .applied_objects();
+    let build_loop = Controller::for_stream(build_watch, reader_for_builds)
         .with_config(concurrency.clone())
         .owns(
             jobs,
@@ -252,30 +250,48 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile loop");
             }
         });
+    // A new image re-evaluates the policies that select its ImageBuild at
+    // once, so superseded images go without waiting an interval. Only what a
+    // policy reads passes: the status writes of a running build would
+    // otherwise list every image at the provider each time.
+    // The initial listing passes no object: the policy controller evaluates
+    // every policy on start anyway, and letting them through evaluated each
+    // policy twice.
+    let build_changes = reflector::reflector(
+        build_writer,
+        watcher(watched_builds, watcher::Config::default())
+            .default_backoff()
+            .modify(keep_what_policies_read),
+    )
+    .filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Apply(ib) | watcher::Event::Delete(ib)) => Some(Ok(ib)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
+    .predicate_filter(what_policies_read, Default::default());
     let (policy_store, policy_writer) = reflector::store();
     let policy_watch = reflector::reflector(
         policy_writer,
         watcher(policies, watcher::Config::default())
             .default_backoff()
-            .modify(drop_managed_fields),
+            .modify(drop_unread_metadata),
     )
     .applied_objects();
     let policy_controller =
         Controller::for_stream(policy_watch, policy_store.clone()).with_config(concurrency);
-    let started = now();
+    let store = policy_store;
     let policy_loop = policy_controller
-        .watches_shared_stream(
-            build_events.filter(policy_relevant(started)),
-            move |ib: Arc<ImageBuild>| {
-                let ns = ib.metadata.namespace.clone();
-                policy_store
-                    .state()
-                    .iter()
-                    .filter(|p| p.metadata.namespace == ns && selects(&p.spec, &ib))
-                    .map(|p| ObjectRef::from_obj(&**p))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(build_changes, move |ib: ImageBuild| {
+            let ns = ib.metadata.namespace.clone();
+            store
+                .state()
+                .iter()
+                .filter(|p| p.metadata.namespace == ns && selects(&p.spec, &ib))
+                .map(|p| ObjectRef::from_obj(&**p))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(image_policy::reconcile, policy_error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -287,13 +303,7 @@ pub async fn run(
     // objects they have been seen not to stop at all; every reconcile is
     // safe to interrupt, so the wait is bounded, well within the Pod's
     // termination grace.
-    // The shared watch ends with the loops: it has no subscriber left.
-    let loops = async {
-        tokio::select! {
-            _ = async { futures::join!(build_loop, policy_loop) } => {}
-            () = build_watch => {}
-        }
-    };
+    let loops = async { futures::join!(build_loop, policy_loop) };
     let bounded = async {
         shutdown.cancelled().await;
         tokio::time::sleep(STOP_LOOPS_WITHIN).await;
@@ -313,42 +323,37 @@ pub async fn run(
     tracing::info!("controller stopped");
 }
 
-/// Room for events not yet taken by the slower of the shared watch's two
-/// readers; the watch waits when it is full.
-const SHARED_BUFFER: usize = 1024;
-
-/// Kubernetes' record of who wrote which field: a third of a stored object,
-/// and kiln never reads it.
-fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// Metadata kiln never reads, dropped from its caches: Kubernetes' record of
+/// who wrote which field (a third of a stored object) and kubectl's copy of
+/// the last applied manifest (another copy of the spec).
+fn drop_unread_metadata<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
-/// Passes the ImageBuild changes an ImagePolicy cares about (see
-/// [`what_policies_read`]). An ImageBuild first seen that existed before the
-/// controller `started` passes nothing: every policy is evaluated on start
-/// anyway, and letting it through evaluated each policy twice.
-fn policy_relevant(
-    started: jiff::Timestamp,
-) -> impl FnMut(&Arc<ImageBuild>) -> futures::future::Ready<bool> {
-    let mut seen: std::collections::HashMap<ObjectRef<ImageBuild>, u64> = Default::default();
-    move |ib| {
-        let read = what_policies_read(ib);
-        let created = ib
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .is_some_and(|t| t.0 >= started);
-        let pass = match seen.insert(ObjectRef::from_obj(&**ib), read) {
-            Some(before) => before != read,
-            None => created,
-        };
-        futures::future::ready(pass)
+/// The policies' copy of an ImageBuild keeps what retention reads (labels,
+/// provider, latest image, parent images in use) and drops the rest: at
+/// 10,000 ImageBuilds the template text, history and conditions were most
+/// of this second cache.
+fn keep_what_policies_read(ib: &mut ImageBuild) {
+    drop_unread_metadata(ib);
+    ib.metadata.annotations = None;
+    if let Some(inline) = ib.spec.template.inline.as_mut() {
+        inline.clear();
+    }
+    if let Some(status) = ib.status.as_mut() {
+        status.history = Vec::new();
+        status.conditions = Vec::new();
+        status.last_failure = None;
     }
 }
 
 /// The parts of an ImageBuild an ImagePolicy reads: labels (selectors), the
 /// latest image and the parent images in use.
-fn what_policies_read(ib: &ImageBuild) -> u64 {
+fn what_policies_read(ib: &ImageBuild) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ib.metadata.labels.hash(&mut h);
@@ -362,7 +367,7 @@ fn what_policies_read(ib: &ImageBuild) -> u64 {
             .map(|c| &c.parent_image)
             .hash(&mut h);
     }
-    h.finish()
+    Some(h.finish())
 }
 
 /// Now, in whole seconds: the apiserver stores times to the second, and a

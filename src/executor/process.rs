@@ -28,7 +28,9 @@ use tokio::{
 use super::{ExecutorError, Launch};
 use crate::{
     image_build::run::RunState,
-    packer::runner::{GRACE_ENV, REQUEST_ENV, RunnerResult, SECRET_ENV},
+    packer::runner::{
+        Created, GRACE_ENV, Outcome, PACKER_OUT, REQUEST_ENV, RunnerResult, SECRET_ENV,
+    },
 };
 
 const RESULT_FILE: &str = "result.json";
@@ -134,6 +136,7 @@ impl ProcessExecutor {
             .insert(build_id.clone(), Run::Running(Some(kill_tx)));
 
         let runs = self.runs.clone();
+        let run_dir = workdir.clone();
         let (timeout, grace) = (launch.timeout, launch.grace);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -147,11 +150,11 @@ impl ProcessExecutor {
                 },
                 why = kill_rx => {
                     terminate(&mut child, grace).await;
-                    RunState::Lost(why.unwrap_or_else(|_| "the build was stopped".into()))
+                    stopped(&run_dir, &build_id, why.unwrap_or_else(|_| "the build was stopped".into()))
                 }
                 () = tokio::time::sleep(timeout) => {
                     terminate(&mut child, grace).await;
-                    RunState::Lost(format!("the build exceeded its timeout of {}s and was stopped", timeout.as_secs()))
+                    stopped(&run_dir, &build_id, format!("the build exceeded its timeout of {}s and was stopped", timeout.as_secs()))
                 }
                 () = shutdown.cancelled() => {
                     // The runner writes an interrupted result, which the next
@@ -174,7 +177,7 @@ impl ProcessExecutor {
         match self.lock().get(build_id) {
             Some(Run::Running(_)) => RunState::Running,
             Some(Run::Done(state)) => (**state).clone(),
-            None => adopt(&self.workdir(build_id)),
+            None => adopt(&self.workdir(build_id), build_id),
         }
     }
 
@@ -268,13 +271,65 @@ fn live_runner(dir: &Path) -> Option<i32> {
 }
 
 /// A build a previous controller started.
-fn adopt(dir: &Path) -> RunState {
+fn adopt(dir: &Path, build_id: &str) -> RunState {
     if live_runner(dir).is_some() {
         // Still building or cleaning up (its result may be half-written):
         // look again later.
         return RunState::Running;
     }
     read_result(&dir.join(RESULT_FILE)).unwrap_or_else(|| {
-        RunState::Interrupted("the runner was gone after a controller restart".into())
+        ended_without_result(
+            dir,
+            build_id,
+            Outcome::Interrupted,
+            "the runner was gone after a controller restart".into(),
+        )
     })
+}
+
+/// A run kiln stopped (timeout, deletion): a failed attempt, unless the
+/// runner reported images, which are built and must be recorded. Either way
+/// what Packer announced goes with it, for the sweep.
+fn stopped(dir: &Path, build_id: &str, why: String) -> RunState {
+    match read_result(&dir.join(RESULT_FILE)) {
+        Some(RunState::Finished(result)) if result.outcome == Outcome::Succeeded => {
+            RunState::Finished(result)
+        }
+        Some(RunState::Finished(result)) => RunState::Finished(RunnerResult {
+            outcome: Outcome::Failed,
+            message: Some(why),
+            artifacts: vec![],
+            ..result
+        }),
+        _ => ended_without_result(dir, build_id, Outcome::Failed, why),
+    }
+}
+
+/// A runner that left no result (killed outright): what Packer announced is
+/// read from its output file, begun when `packer build` started.
+fn ended_without_result(dir: &Path, build_id: &str, outcome: Outcome, why: String) -> RunState {
+    let out = dir.join("packer").join(PACKER_OUT);
+    let mut created = Created {
+        since: std::fs::metadata(&out)
+            .and_then(|m| m.created())
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok()),
+        ..Default::default()
+    };
+    crate::packer::created::collect(
+        &std::fs::read_to_string(&out).unwrap_or_default(),
+        &mut created,
+    );
+    match (created.is_empty(), outcome) {
+        (true, Outcome::Interrupted) => RunState::Interrupted(why),
+        (true, _) => RunState::Lost(why),
+        (false, outcome) => RunState::Finished(RunnerResult {
+            build_id: build_id.to_owned(),
+            outcome,
+            artifacts: vec![],
+            message: Some(why),
+            packer_version: None,
+            created,
+        }),
+    }
 }

@@ -196,6 +196,11 @@ impl RunnerOptions {
     }
 }
 
+/// Where `packer build` writes its machine-readable output, in the runner's
+/// work directory: a file, so that Packer can still write while it cleans up
+/// after the runner is gone.
+pub const PACKER_OUT: &str = "packer.out";
+
 /// Why the runner could not even start Packer.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -536,7 +541,7 @@ async fn packer_streaming(
     args: &[&str],
     redactor: &Redactor,
 ) -> std::io::Result<(Output, bool)> {
-    let out_path = dir.join("packer.out");
+    let out_path = dir.join(PACKER_OUT);
     let err_path = dir.join("packer.err");
     let mut cmd = Command::new(&options.packer);
     crate::child::die_with_parent(&mut cmd);

@@ -115,7 +115,8 @@ pub enum BuildDecision<I> {
     Start(Start<I>),
     /// A build is running; look again after this long.
     Wait(Duration),
-    /// The running build exceeded its timeout: stop it and count it as failed.
+    /// The running build exceeded its timeout: stop it and count it as
+    /// failed (once its runner has ended, where the executor reports that).
     TimedOut {
         /// The build to stop.
         current: CurrentBuild,
