@@ -23,7 +23,7 @@ use crate::{
         status,
     },
     metrics::BuildLabels,
-    packer::runner::{BuildRequest, Outcome},
+    packer::runner::{BuildRequest, Created, Outcome},
     provider::{Owner, ProviderError},
     reasons,
 };
@@ -114,6 +114,9 @@ async fn deleted(ctx: &Context, ib: &ImageBuild, old: &ImageBuildStatus) -> Resu
             RunState::Finished(result) if result.outcome == Outcome::Succeeded => {
                 claim_orphans(ctx, ib, current, &result.artifacts).await;
             }
+            RunState::Finished(result) if !result.created.is_empty() => {
+                sweep_orphans(ctx, ib, current, &result.created).await;
+            }
             _ => {}
         }
         forget(ctx, current);
@@ -157,6 +160,29 @@ async fn claim_orphans(
         }
         Err(error) => {
             warn!(build_id = %current.build_id, images = %ids.join(", "), %error, "ImageBuild deleted after its build finished; its images could not be tagged")
+        }
+    }
+}
+
+/// Removes what the stopped build of a deleted ImageBuild left in the cloud
+/// (see [`swept`]). Best effort, as [`claim_orphans`].
+async fn sweep_orphans(ctx: &Context, ib: &ImageBuild, current: &CurrentBuild, created: &Created) {
+    let removed = match dereference::inputs(&ctx.reader, ib).await {
+        Ok(Ok(inputs)) => inputs
+            .resolved
+            .provider
+            .reclaim(&ib.spec.provider.regions, created)
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(Err(problem)) => Err(format!("{problem:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    match removed {
+        Ok(removed) => {
+            info!(build_id = %current.build_id, removed = %removed.join(", "), "ImageBuild deleted mid-build; removed what its build left")
+        }
+        Err(error) => {
+            warn!(build_id = %current.build_id, %error, "ImageBuild deleted mid-build; what its build left could not be removed")
         }
     }
 }
