@@ -14,16 +14,13 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use crate::{
-    api::{ImageBuild, ProviderType, VariablesFromKind},
+    api::{ImageBuild, VariablesFromKind},
     executor::SecretEnv,
     image_build::{
         decide::{InputProblem, Inputs},
         identity::{ResolvedInputs, spec_hash},
     },
-    provider::{
-        ImageProvider, ProviderError, Unverified,
-        aws::{self, Aws, StaticCredentials},
-    },
+    provider::{ImageProvider, ProviderError, factory},
     reasons,
 };
 
@@ -523,34 +520,18 @@ pub async fn provider(
             name,
             "spec.provider.credentials.secretRef"
         ));
+        let keys = factory::credential_keys(spec.provider.type_);
         let Some(secret) = secret else {
-            let hint = match spec.provider.type_ {
-                ProviderType::Aws => " with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                ProviderType::Digitalocean => " with DIGITALOCEAN_TOKEN",
-                _ => "",
-            };
             return Ok(Err(missing(
                 reasons::CREDENTIALS_NOT_FOUND,
                 format!(
-                    "Secret {ns}/{name} (spec.provider.credentials.secretRef) not found; create it{hint}"
+                    "Secret {ns}/{name} (spec.provider.credentials.secretRef) not found; create it{}",
+                    keys.hint()
                 ),
             )));
         };
         credentials = secret_strings(&secret);
-        let lacking: Vec<&str> = match spec.provider.type_ {
-            ProviderType::Aws => aws::REQUIRED_KEYS
-                .iter()
-                .copied()
-                .filter(|k| !credentials.contains_key(*k))
-                .collect(),
-            ProviderType::Digitalocean
-                if !credentials.contains_key("DIGITALOCEAN_TOKEN")
-                    && !credentials.contains_key("DIGITALOCEAN_API_TOKEN") =>
-            {
-                vec!["DIGITALOCEAN_TOKEN"]
-            }
-            _ => vec![],
-        };
+        let lacking = keys.lacking(&credentials);
         if !lacking.is_empty() {
             return Ok(Err(invalid(
                 reasons::CREDENTIALS_INVALID,
@@ -584,27 +565,12 @@ pub async fn provider(
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let make = || -> Arc<dyn ImageProvider> {
-        match spec.provider.type_ {
-            ProviderType::Aws => {
-                let creds = match (
-                    credentials.get("AWS_ACCESS_KEY_ID"),
-                    credentials.get("AWS_SECRET_ACCESS_KEY"),
-                ) {
-                    (Some(id), Some(secret)) => Some(StaticCredentials {
-                        access_key_id: id.clone(),
-                        secret_access_key: secret.clone(),
-                        session_token: credentials.get("AWS_SESSION_TOKEN").cloned(),
-                    }),
-                    _ => None,
-                };
-                Arc::new(Aws::new(spec.provider.endpoint.clone(), creds))
-            }
-            ProviderType::Gcp => Arc::new(Unverified("GCP")),
-            ProviderType::Azure => Arc::new(Unverified("Azure")),
-            ProviderType::Digitalocean => Arc::new(Unverified("DigitalOcean")),
-            ProviderType::Openstack => Arc::new(Unverified("OpenStack")),
-        }
+    let make = || {
+        factory::build(
+            spec.provider.type_,
+            spec.provider.endpoint.clone(),
+            &credentials,
+        )
     };
     let provider = reader.provider(&key, make);
     Ok(Ok((provider, key, secret_env)))

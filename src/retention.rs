@@ -116,6 +116,11 @@ pub async fn plan_policy(
                 continue;
             }
         };
+        // A plan promises only what the provider can carry out.
+        if let Some(refusal) = provider.capabilities().refuses(spec) {
+            problems.push(format!("ImageBuild {name}: {refusal}"));
+            continue;
+        }
         let images = match provider
             .list_owned(&build.spec.provider.regions, ns, name)
             .await

@@ -10,10 +10,7 @@ use std::{
 use crate::{
     api::{ImageBuild, ImagePolicy, RetentionAction},
     packer::runner::{self, BuildRequest, RunnerOptions},
-    provider::{
-        ImageProvider,
-        aws::{Aws, StaticCredentials},
-    },
+    provider::{ImageProvider, factory},
     retention::{self, Applied, BuildPlan, ImageInfo},
 };
 use anyhow::{Context as _, bail};
@@ -161,27 +158,20 @@ pub enum BuildSource {
     File(PathBuf),
 }
 
-fn env_credentials() -> Option<StaticCredentials> {
-    Some(StaticCredentials {
-        access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok()?,
-        secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok()?,
-        session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
-    })
-}
-
 /// `kiln images list`: the images kiln owns for a build, newest first.
 pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
     let (ib, provider): (ImageBuild, Arc<dyn ImageProvider>) = match source {
         BuildSource::File(path) => {
             let ib: ImageBuild = load_valid(&path, "ImageBuild")?;
-            if ib.spec.provider.type_ != crate::api::ProviderType::Aws {
-                bail!(
-                    "listing {} images is not supported yet; kiln lists AWS images",
-                    ib.spec.provider.type_.as_str()
-                );
-            }
-            let aws = Aws::new(ib.spec.provider.endpoint.clone(), env_credentials());
-            (ib, Arc::new(aws))
+            // Credentials from the environment, under the names the
+            // provider's Secret would hold.
+            let type_ = ib.spec.provider.type_;
+            let provider = factory::build(
+                type_,
+                ib.spec.provider.endpoint.clone(),
+                &factory::credentials_from_env(type_),
+            );
+            (ib, provider)
         }
         BuildSource::Cluster(ns, name) => {
             let client = super::connect().await?;

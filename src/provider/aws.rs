@@ -35,8 +35,11 @@ pub struct StaticCredentials {
     pub session_token: Option<String>,
 }
 
-/// Keys an AWS credentials Secret must have.
-pub const REQUIRED_KEYS: [&str; 2] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+/// What an AWS credentials Secret holds.
+pub const CREDENTIAL_KEYS: super::factory::CredentialKeys = super::factory::CredentialKeys {
+    required: &[&["AWS_ACCESS_KEY_ID"], &["AWS_SECRET_ACCESS_KEY"]],
+    optional: &["AWS_SESSION_TOKEN"],
+};
 
 /// EC2 in any region, at the real endpoint or an override.
 pub struct Aws {
@@ -107,6 +110,23 @@ pub const EC2_NON_MUTATING: Pacing = Pacing {
 impl Aws {
     /// Without credentials the SDK's default chain applies (IRSA, instance
     /// profile, environment).
+    /// EC2 with the keys of a Secret (or the environment); without both
+    /// keys, the SDK's default chain (instance role, web identity).
+    pub fn from_credentials(endpoint: Option<String>, keys: &super::factory::Credentials) -> Self {
+        let credentials = match (
+            keys.get("AWS_ACCESS_KEY_ID"),
+            keys.get("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(id), Some(secret)) => Some(StaticCredentials {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+                session_token: keys.get("AWS_SESSION_TOKEN").cloned(),
+            }),
+            _ => None,
+        };
+        Aws::new(endpoint, credentials)
+    }
+
     pub fn new(endpoint: Option<String>, credentials: Option<StaticCredentials>) -> Self {
         Aws {
             endpoint,
@@ -517,8 +537,13 @@ fn is_auth_error(code: Option<&str>) -> bool {
 }
 
 impl ImageProvider for Aws {
-    fn pacing(&self) -> Pacing {
-        self.pacing
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            cloud: "AWS",
+            ownership: true,
+            deprecation: true,
+            pacing: self.pacing,
+        }
     }
 
     fn check_regions<'a>(
@@ -678,7 +703,7 @@ impl ImageProvider for Aws {
             // DeleteAssociatedSnapshots removes the snapshots in the same call
             // where EC2 supports it; whatever it did not report deleted (an
             // endpoint that ignores the flag, such as moto) is deleted below.
-            let mut remaining: Vec<&String> = image.snapshots.iter().collect();
+            let mut remaining: Vec<&String> = image.dependents.iter().collect();
             let deregister = || {
                 client
                     .deregister_image()
@@ -736,7 +761,7 @@ impl ImageProvider for Aws {
                     .owned_in_since(region, Some(listed_at))
                     .await?
                     .iter()
-                    .flat_map(|i| i.snapshots.iter().cloned())
+                    .flat_map(|i| i.dependents.iter().cloned())
                     .collect();
                 let client = self.client(region).await;
                 // kiln tags a snapshot only with its verified AMI, so an owned
@@ -869,12 +894,13 @@ fn image_info(region: &str, image: &aws_sdk_ec2::types::Image) -> Option<ImageIn
     Some(ImageInfo {
         region: region.to_owned(),
         image_id,
+        name: image.name().map(str::to_owned),
         created_at,
         owner: super::tags::owner(&tags),
         keep: tags.contains_key(super::tags::KEEP),
         tags,
         deprecated,
-        snapshots,
+        dependents: snapshots,
     })
 }
 

@@ -2,6 +2,7 @@
 //! made them. One module per provider.
 
 pub mod aws;
+pub mod factory;
 
 use futures::future::BoxFuture;
 
@@ -130,12 +131,50 @@ impl Default for Pacing {
     }
 }
 
+/// What a provider can do, declared up front, so that retention never plans
+/// what the provider cannot carry out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capabilities {
+    /// The cloud's name, for messages.
+    pub cloud: &'static str,
+    /// kiln records its ownership on images there, lists and deletes them.
+    pub ownership: bool,
+    /// The cloud deprecates images itself (EC2's deprecation time; GCE's
+    /// DEPRECATED state; Glance's `os_hidden`).
+    pub deprecation: bool,
+    /// How hard retention may drive it (the provider itself holds each call
+    /// to the rate; retention keeps `concurrency` in flight per region).
+    pub pacing: Pacing,
+}
+
+impl Capabilities {
+    /// Why a policy cannot be carried out with this provider, naming the
+    /// field to change; `None` when it can.
+    pub fn refuses(&self, policy: &crate::api::ImagePolicySpec) -> Option<String> {
+        if !self.ownership {
+            return Some(format!(
+                "kiln cannot list or delete {} images yet; retention supports AWS",
+                self.cloud
+            ));
+        }
+        if policy.deprecate_after.is_some() && !self.deprecation {
+            return Some(format!(
+                "spec.deprecateAfter: {} has no deprecation of its own; remove spec.deprecateAfter (superseded images are deleted after spec.deleteAfter)",
+                self.cloud
+            ));
+        }
+        None
+    }
+}
+
 /// What kiln does with images at a provider.
 pub trait ImageProvider: Send + Sync {
-    /// How retention paces its calls (the provider itself holds each call to
-    /// the rate; retention keeps `concurrency` in flight per region).
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// How retention paces its calls.
     fn pacing(&self) -> Pacing {
-        Pacing::default()
+        self.capabilities().pacing
     }
 
     /// Checks, before a build, that the regions exist at this endpoint.
@@ -212,6 +251,15 @@ fn unsupported(provider: &str, what: &str) -> ProviderError {
 pub struct Unverified(pub &'static str);
 
 impl ImageProvider for Unverified {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cloud: self.0,
+            ownership: false,
+            deprecation: false,
+            pacing: Pacing::default(),
+        }
+    }
+
     fn check_regions<'a>(&'a self, _: &'a [String]) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async { Ok(()) })
     }
@@ -260,5 +308,45 @@ impl ImageProvider for Unverified {
         _: Timestamp,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move { Err(unsupported(self.0, "deprecate")) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(deprecate_after: Option<&str>) -> crate::api::ImagePolicySpec {
+        let mut spec = serde_json::json!({
+            "builds": {"names": ["base"]},
+            "keepLast": 2
+        });
+        if let Some(d) = deprecate_after {
+            spec["deprecateAfter"] = d.into();
+        }
+        serde_json::from_value(spec).expect("ImagePolicySpec")
+    }
+
+    #[test]
+    fn a_plan_never_asks_what_the_provider_cannot_do() {
+        let aws = crate::provider::aws::Aws::for_emulator("http://unused").capabilities();
+        assert_eq!(aws.refuses(&policy(Some("24h"))), None);
+        let without = Capabilities {
+            cloud: "DigitalOcean",
+            ownership: true,
+            deprecation: false,
+            pacing: Pacing::default(),
+        };
+        assert_eq!(without.refuses(&policy(None)), None);
+        let refusal = without.refuses(&policy(Some("24h"))).expect("refused");
+        assert!(
+            refusal.starts_with("spec.deprecateAfter: DigitalOcean"),
+            "{refusal}"
+        );
+        let unverified = Unverified("OpenStack").capabilities();
+        assert!(
+            unverified
+                .refuses(&policy(None))
+                .is_some_and(|r| r.contains("OpenStack"))
+        );
     }
 }

@@ -27,6 +27,8 @@ pub struct ImageInfo {
     pub region: String,
     /// The provider's image ID.
     pub image_id: String,
+    /// Its name at the provider, where images have one.
+    pub name: Option<String>,
     /// Creation time.
     pub created_at: Timestamp,
     /// The owner kiln recorded on the image, as the provider decoded it from
@@ -39,8 +41,8 @@ pub struct ImageInfo {
     pub tags: BTreeMap<String, String>,
     /// Already deprecated at the provider.
     pub deprecated: bool,
-    /// Snapshots (or other storage) deleted with the image.
-    pub snapshots: Vec<String>,
+    /// What is deleted with the image (EBS snapshots, GCE disks), by ID.
+    pub dependents: Vec<String>,
 }
 
 /// Who made an image, as kiln recorded it at the provider.
@@ -297,6 +299,7 @@ mod tests {
         ImageInfo {
             region: region.into(),
             image_id: id.into(),
+            name: None,
             created_at: now() - jiff::SignedDuration::from_mins(minutes_ago),
             owner: owned.then(|| ImageOwner {
                 namespace: NS.into(),
@@ -306,7 +309,7 @@ mod tests {
             keep: false,
             tags: BTreeMap::new(),
             deprecated: false,
-            snapshots: vec![],
+            dependents: vec![],
         }
     }
 

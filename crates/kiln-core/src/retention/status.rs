@@ -150,6 +150,7 @@ pub fn recovered(pending: &ImageDecision) -> Outcome {
             image: super::ImageInfo {
                 region: pending.region.clone(),
                 image_id: pending.image_id.clone(),
+                name: None,
                 created_at: pending
                     .created_at
                     .as_ref()
@@ -162,7 +163,7 @@ pub fn recovered(pending: &ImageDecision) -> Outcome {
                 keep: false,
                 tags: Default::default(),
                 deprecated: false,
-                snapshots: Vec::new(),
+                dependents: Vec::new(),
             },
             action: RetentionAction::Delete,
             reason: format!("{}; deleted by an interrupted evaluation", pending.reason),
@@ -362,12 +363,13 @@ mod tests {
                 image: ImageInfo {
                     region: "us-east-1".into(),
                     image_id: id.into(),
+                    name: None,
                     created_at: now(),
                     owner: None,
                     keep: false,
                     tags: Default::default(),
                     deprecated: false,
-                    snapshots: vec![],
+                    dependents: vec![],
                 },
                 action,
                 reason: "because".into(),
