@@ -140,6 +140,13 @@ async fn serve(handle: &mut Handle, script: Vec<Exchange>, sent: &mut Vec<Sent>)
 }
 
 fn context(client: Client) -> Arc<Context> {
+    context_with(client, empty_build_cache())
+}
+
+fn context_with(
+    client: Client,
+    builds: kube::runtime::reflector::Store<ImageBuild>,
+) -> Arc<Context> {
     // Nothing here starts a process or a Job: every scenario decides before that.
     let (finished, _) = tokio::sync::mpsc::unbounded_channel();
     let config = Config {
@@ -168,7 +175,8 @@ fn context(client: Client) -> Arc<Context> {
         reader: kiln::dereference::Reader::cached(client.clone()),
         client,
         finished,
-        builds: empty_build_cache(),
+        builds,
+        builds_ready: Default::default(),
         config,
     })
 }
@@ -559,4 +567,34 @@ async fn idle_policy_makes_no_request() {
         writes, 0,
         "nothing changed, so nothing is written: {sent:?}"
     );
+}
+
+/// Policies evaluated before the ImageBuild cache is listed all go on once it
+/// is: kube's own readiness woke only the last of several waiters, and the
+/// others held their reconcile slots for good.
+#[tokio::test]
+async fn every_reconcile_waiting_for_the_build_cache_goes_on_once_it_is_listed() {
+    use kube::runtime::{reflector, watcher::Event};
+    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (store, mut writer) = reflector::store::<ImageBuild>();
+    let ctx = context_with(Client::new(service, "default"), store);
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.builds_listed().await })
+        })
+        .collect();
+    // Let every waiter poll (and park) before the listing completes.
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitDone);
+    for waiter in waiters {
+        tokio::time::timeout(LIMIT, waiter)
+            .await
+            .expect("a reconcile waiting for the cache was never woken")
+            .expect("join")
+            .expect("listed");
+    }
 }

@@ -49,10 +49,7 @@ async fn reconcile_inner(policy: &ImagePolicy, ctx: &Context) -> Result<Action, 
     // 1-2. Dereference and decide: the selected builds, their images, a plan.
     // The ImageBuilds come from the controller's watch cache, not a LIST
     // per evaluation.
-    ctx.builds
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Metadata("ImageBuild cache"))?;
+    ctx.builds_listed().await?;
     let all: Vec<Arc<ImageBuild>> = ctx
         .builds
         .state()

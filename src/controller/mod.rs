@@ -95,8 +95,24 @@ pub struct Context {
     pub finished: mpsc::UnboundedSender<ObjectRef<ImageBuild>>,
     /// Every watched ImageBuild (policies select among them).
     pub builds: reflector::Store<ImageBuild>,
+    /// Set once `builds` has its first full listing. Reconciles wait on
+    /// this, not on the store: kube's readiness wakes only the last of many
+    /// waiters, and the others (up to the reconcile concurrency) never
+    /// finished.
+    pub builds_ready: tokio::sync::OnceCell<()>,
     /// Reads what ImageBuilds refer to, reusing Secret and ConfigMap reads.
     pub reader: crate::dereference::Reader,
+}
+
+impl Context {
+    /// Waits until the ImageBuild cache has its first full listing.
+    pub async fn builds_listed(&self) -> Result<(), Error> {
+        self.builds_ready
+            .get_or_try_init(|| self.builds.wait_until_ready())
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Metadata("ImageBuild cache"))
+    }
 }
 
 /// Reconcile errors: all transient (the user cannot fix them by editing the
@@ -184,9 +200,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (finished, finished_rx) = mpsc::unbounded_channel();
-    // Two caches of ImageBuilds: the build controller's and the one policies
-    // select from. kube's shared stores would make it one, but a policy
-    // waiting for a shared store to be ready waited forever (kube 5.0).
+    // Two caches of ImageBuilds: the build controller's, whole, and the one
+    // policies select from, which keeps only what retention reads (see
+    // `keep_what_policies_read`); a shared store would have to keep both
+    // whole.
     let (build_store, build_writer) = reflector::store();
     let (reader_for_builds, writer_for_builds) = reflector::store();
     let instance = std::env::var("POD_NAME").ok();
@@ -206,6 +223,7 @@ pub async fn run(
         metrics,
         finished,
         builds: build_store,
+        builds_ready: tokio::sync::OnceCell::new(),
         reader: crate::dereference::Reader::cached(client.clone()),
         config: config.clone(),
     });
