@@ -317,10 +317,10 @@ pub async fn run(
                 tracing::debug!(error = %e, "policy reconcile loop");
             }
         });
-    // The loops stop on shutdown once running reconciles finish. With many
-    // objects they have been seen not to stop at all; every reconcile is
-    // safe to interrupt, so the wait is bounded, well within the Pod's
-    // termination grace.
+    // The loops stop on shutdown once running reconciles finish. Policies
+    // stuck on the cache's readiness once kept them from stopping at all
+    // (see `builds_listed`); every reconcile is safe to interrupt, so the
+    // wait stays bounded, well within the Pod's termination grace.
     let loops = async { futures::join!(build_loop, policy_loop) };
     let bounded = async {
         shutdown.cancelled().await;
