@@ -137,8 +137,15 @@ fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
 pub const READ_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Cached = (std::time::Instant, Arc<dyn std::any::Any + Send + Sync>);
+/// How long a provider (its clients and connection pools) is kept without
+/// use: longer than any resync, so that a steady ImageBuild keeps its own.
+pub const PROVIDER_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How long a passed region check is trusted: regions come and go rarely.
 pub const REGIONS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A shared provider and when an ImageBuild last asked for it.
+type LastUsed = (std::time::Instant, Arc<dyn ImageProvider>);
 
 /// What the controller's reconciles share.
 #[derive(Default)]
@@ -147,7 +154,7 @@ struct Shared {
     reads: std::sync::Mutex<BTreeMap<(&'static str, String, String), Cached>>,
     /// One provider (with its clients and their connection pools) per
     /// provider type, endpoint and credentials.
-    providers: std::sync::Mutex<BTreeMap<String, Arc<dyn ImageProvider>>>,
+    providers: std::sync::Mutex<BTreeMap<String, LastUsed>>,
     /// When a provider last confirmed a region list, by provider key and
     /// regions. One lock per list, so that a cold start with thousands of
     /// ImageBuilds asks once while the others wait for the answer.
@@ -256,10 +263,16 @@ impl Reader {
         let Some(shared) = &self.cache else {
             return make();
         };
-        locked(&shared.providers)
+        let now = std::time::Instant::now();
+        let mut providers = locked(&shared.providers);
+        // A provider no ImageBuild asked for lately went with credentials
+        // that were rotated (a new key) or an ImageBuild that is gone.
+        providers.retain(|_, (used, _)| now.duration_since(*used) < PROVIDER_IDLE);
+        let (used, provider) = providers
             .entry(key.to_owned())
-            .or_insert_with(make)
-            .clone()
+            .or_insert_with(|| (now, make()));
+        *used = now;
+        provider.clone()
     }
 
     /// Checks regions at the provider, unless the same check passed lately.
