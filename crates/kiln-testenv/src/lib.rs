@@ -7,6 +7,9 @@
 //! user and groups (the admin identity impersonating them, so RBAC is
 //! evaluated for exactly that user).
 
+mod services;
+pub use services::Service;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
