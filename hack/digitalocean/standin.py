@@ -331,7 +331,7 @@ class State:
         return d
 
     def ensure_tag(self, name):
-        if not re.fullmatch(r"[a-zA-Z0-9_\-:]{1,255}", name or ""):
+        if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z0-9_\-:]{1,255}", name):
             raise unprocessable(f"Tag name {name!r} is invalid: letters, numbers, ':', '-' and '_' only.")
         self.tags.setdefault(name, [])
 
