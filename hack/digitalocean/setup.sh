@@ -54,8 +54,21 @@ fi
 
 # The spec as one JSON file: Prism loads it, and the stand-in reads it for its
 # own checks (Python's standard library has no YAML parser).
+# Without a copy beside the repository, the same spec (the same upstream
+# commit) comes from crates.io, where the `rsdo` crate vendors it: fetched,
+# never built.
+rsdo_version="0.1.20261001"
+if [ -z "${KILN_DO_SPEC:-}" ] && [ ! -f "$spec_src" ]; then
+	fetch="$dir/rsdo-fetch"
+	mkdir -p "$fetch/src"
+	printf '[package]\nname = "kiln-do-spec"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\nrsdo = "=%s"\n\n[workspace]\n' "$rsdo_version" >"$fetch/Cargo.toml"
+	: >"$fetch/src/lib.rs"
+	(cd "$fetch" && cargo fetch --quiet) || { say "fetching the rsdo crate (DigitalOcean's spec) failed"; exit 1; }
+	spec_src="$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path "*/rsdo-$rsdo_version/spec/specification/DigitalOcean-public.v2.yaml" -print -quit)"
+	say "using DigitalOcean's spec from the rsdo $rsdo_version crate: $spec_src"
+fi
 [ -f "$spec_src" ] || {
-	say "no DigitalOcean spec at $spec_src (shared/specs/digitalocean beside the repo); set KILN_DO_SPEC"
+	say "no DigitalOcean spec at $spec_src (shared/specs/digitalocean beside the repo, or the rsdo crate); set KILN_DO_SPEC"
 	exit 1
 }
 want="$(sha256sum "$spec_src" | cut -d' ' -f1) $(cat "$tools/.stamp")"
