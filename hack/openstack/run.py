@@ -176,8 +176,15 @@ class Stack:
             name = next(n for n, p in self.procs if p is proc)
             self.procs.remove((name, proc))
             if proc.wait() != 0:
-                raise RuntimeError("%s failed (exit %d), see %s/%s.log"
-                                   % (name, proc.returncode, self.logs, name))
+                # The log's end goes with the error: a test's directory is
+                # gone by the time anyone reads it.
+                try:
+                    with open(os.path.join(self.logs, name + ".log")) as f:
+                        tail = "".join(f.readlines()[-15:])
+                except OSError:
+                    tail = ""
+                raise RuntimeError("%s failed (exit %d), see %s/%s.log\n%s"
+                                   % (name, proc.returncode, self.logs, name, tail))
 
     @staticmethod
     def probe_all(pending, token):
@@ -329,9 +336,10 @@ class Stack:
                        env=self.env()),
         ])
         self.mark("keystone-manage db_sync+keys")
-        # Keystone reads its database per request, so its server loads
-        # while bootstrap fills the database.
-        bootstrap = self.spawn("keystone-bootstrap", manage + [
+        # Keystone's server starts only once bootstrap has filled the
+        # database: a bootstrap once failed under load while the server
+        # loaded beside it (its log was lost with the test's directory).
+        bootstrap_argv = manage + [
             "bootstrap",
             "--bootstrap-password", self.secrets["admin"],
             "--bootstrap-username", "admin",
@@ -342,11 +350,8 @@ class Stack:
             "--bootstrap-admin-url", self.keystone_url + "/v3",
             "--bootstrap-internal-url", self.keystone_url + "/v3",
             "--bootstrap-public-url", self.keystone_url + "/v3",
-        ], env=self.env())
-        self.gunicorn("keystone", "keystone_wsgi:application", socks["keystone"],
-                      self.env(OS_KEYSTONE_CONFIG_DIR=kdir,
-                               OS_KEYSTONE_CONFIG_FILES="keystone.conf"),
-                      pythonpath=HERE)
+        ]
+        bootstrap = self.spawn("keystone-bootstrap", bootstrap_argv, env=self.env())
 
         self.wait_all([gsync])
         self.mark("glance-manage db_sync")
@@ -362,10 +367,20 @@ class Stack:
                                    KILN_NOVA_REGION=region,
                                    KILN_NOVA_GLANCE_URL=url["glance-" + region]),
                           pythonpath=HERE)
-        for s in socks.values():
-            s.close()  # the children hold their copies
+        # bootstrap is idempotent: a failure gets a second run before it
+        # is fatal.
+        if bootstrap.wait() != 0:
+            self.mark("keystone-manage bootstrap failed once; running it again")
+            self.procs = [(n, p) for n, p in self.procs if p is not bootstrap]
+            bootstrap = self.spawn("keystone-bootstrap-2", bootstrap_argv, env=self.env())
         self.wait_all([bootstrap])
         self.mark("keystone-manage bootstrap")
+        self.gunicorn("keystone", "keystone_wsgi:application", socks["keystone"],
+                      self.env(OS_KEYSTONE_CONFIG_DIR=kdir,
+                               OS_KEYSTONE_CONFIG_FILES="keystone.conf"),
+                      pythonpath=HERE)
+        for s in socks.values():
+            s.close()  # the children hold their copies
 
         ks = self.keystone_url
         self.poll("keystone", lambda: request("GET", ks + "/v3")[0] == 200)
