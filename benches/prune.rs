@@ -34,8 +34,7 @@ use futures::{StreamExt, stream};
 use kiln::{
     provider::{
         ImageProvider,
-        aws::{self, Aws},
-        tags,
+        aws::{self, Aws, tags},
     },
     retention::{self, Protection, Rules},
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln::{
     api::{BuildResult, ImageBuild},
-    provider::tags,
+    provider::aws::tags,
 };
 use kube::{
     Api,

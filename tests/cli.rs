@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use kiln::{api::ImageBuild, provider::tags};
+use kiln::{api::ImageBuild, provider::aws::tags};
 use kube::{Api, api::PostParams};
 use serde_json::json;
 use support::*;

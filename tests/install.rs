@@ -337,7 +337,10 @@ async fn chart_installs_and_its_service_account_builds_but_reads_no_other_secret
     let aws = env.ec2();
     for a in &latest.artifacts {
         let image = ami(&aws, &a.region, &a.image_id).await;
-        assert_eq!(tag(&image, kiln::provider::tags::MANAGED_BY), Some("kiln"));
+        assert_eq!(
+            tag(&image, kiln::provider::aws::tags::MANAGED_BY),
+            Some("kiln")
+        );
     }
     // The Job executor under the same RBAC: kiln creates the Job in the build
     // namespace, kube-controller-manager its Pod; the test finishes the Pod as

@@ -11,7 +11,7 @@ use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kiln::{
     api::{ExecutorType, ImageBuild},
     packer::runner::{Outcome, RunnerResult},
-    provider::tags,
+    provider::aws::tags,
 };
 use kube::{
     Api, ResourceExt,

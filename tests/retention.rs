@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kiln::{
     api::{ImageBuild, ImagePolicy, RetentionAction},
-    provider::tags,
+    provider::aws::tags,
 };
 use kube::{
     Api,

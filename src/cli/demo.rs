@@ -291,7 +291,7 @@ async fn print_amis(moto: &Moto) -> anyhow::Result<()> {
             .await
             .describe_images()
             .filters(crate::provider::aws::tag_filter(
-                crate::provider::tags::IMAGE_BUILD,
+                crate::provider::aws::tags::IMAGE_BUILD,
                 BUILD,
             ))
             .send()
@@ -311,7 +311,7 @@ async fn print_amis(moto: &Moto) -> anyhow::Result<()> {
                 region.to_owned(),
                 image.image_id().unwrap_or_default().to_owned(),
                 image.name().unwrap_or_default().to_owned(),
-                tag(crate::provider::tags::BUILD_ID),
+                tag(crate::provider::aws::tags::BUILD_ID),
             ]);
         }
     }

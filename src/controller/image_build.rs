@@ -482,6 +482,12 @@ fn forget(ctx: &Context, current: &CurrentBuild) {
     }
 }
 
+/// How soon a claim is tried again while the provider readies the images.
+const CLAIM_AGAIN: Duration = Duration::from_secs(10);
+/// How soon a claim the provider refused is tried again (the Secret may
+/// have been fixed; a Secret change does not trigger a reconcile).
+const CLAIM_REFUSED_AGAIN: Duration = Duration::from_secs(60);
+
 /// Records a build that produced images, once the provider verified and
 /// claimed them.
 async fn finish(
@@ -499,11 +505,73 @@ async fn finish(
         build_id: current.build_id.clone(),
         spec_hash: current.spec_hash.clone(),
     };
-    let note = match inputs.provider.claim(&artifacts, &owner).await {
-        Ok(note) => note,
+    let (artifacts, note) = match inputs.provider.claim(&artifacts, &owner).await {
+        Ok(claimed) => (claimed.artifacts, claimed.note),
         // Unreachable provider: keep the finished build and try again.
         Err(e @ ProviderError::Api { .. }) => return Err(e.into()),
-        Err(e) => {
+        // Slow clouds finish images after Packer exits (Glance `saving`):
+        // claim again until the build's own timeout.
+        Err(e @ ProviderError::ImageNotReady { .. }) => {
+            let limit = decide::timeout(&ib.spec);
+            let waited = now.duration_since(current.started_at.0);
+            if waited.unsigned_abs() < limit {
+                let message = format!(
+                    "build {} finished; waiting for its images to become usable: {e}",
+                    current.build_id
+                );
+                info!(build_id = %current.build_id, %e, "waiting for the build's images");
+                let s = status::claim_pending(
+                    old,
+                    reasons::BUILDING,
+                    &message,
+                    false,
+                    ib.metadata.generation,
+                    now,
+                );
+                return Ok((s, Action::requeue(CLAIM_AGAIN)));
+            }
+            let message = format!(
+                "verifying the images failed: {e} past spec.timeout ({}); raise spec.timeout if the cloud is this slow",
+                jiff::SignedDuration::try_from(limit)
+                    .map(|d| format!("{d:#}"))
+                    .unwrap_or_default()
+            );
+            return Ok(finish_failed(ctx, ib, old, current, &message, true, now).await);
+        }
+        // The credentials may not tag (a read-only token): the images are
+        // built, so keep the build and its images until the Secret is fixed.
+        Err(ProviderError::Invalid(message)) => {
+            let images: Vec<String> = artifacts
+                .iter()
+                .map(|a| format!("{}={}", a.region, a.image_id))
+                .collect();
+            let message = format!(
+                "build {} made {} but kiln cannot record them as its own: {message}",
+                current.build_id,
+                images.join(", ")
+            );
+            warn!(build_id = %current.build_id, %message, "claim refused");
+            if conditions::get(&old.conditions, READY).is_none_or(|c| c.message != message) {
+                build_event(
+                    ctx,
+                    ib,
+                    EventType::Warning,
+                    reasons::CREDENTIALS_INVALID,
+                    message.clone(),
+                )
+                .await;
+            }
+            let s = status::claim_pending(
+                old,
+                reasons::CREDENTIALS_INVALID,
+                &message,
+                true,
+                ib.metadata.generation,
+                now,
+            );
+            return Ok((s, Action::requeue(CLAIM_REFUSED_AGAIN)));
+        }
+        Err(e @ (ProviderError::ImageMissing { .. } | ProviderError::ImageFailed { .. })) => {
             let message = format!("verifying the images failed: {e}");
             return Ok(finish_failed(ctx, ib, old, current, &message, true, now).await);
         }

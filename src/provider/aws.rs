@@ -11,18 +11,62 @@ use aws_sdk_ec2::{
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, LazyLock, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 
-use super::{ImageProvider, Owner, Pacing, ProviderError};
+use super::{
+    ImageProvider, Owner, Pacing, ProviderError,
+    pace::{BucketKey, TokenBucket},
+};
 use crate::api::RegionArtifact;
 use kiln_core::{image_build::run::Created, retention::ImageInfo};
+
+/// EC2 tag keys kiln puts on every AMI (and snapshot) it makes. Retention
+/// only ever touches images that carry them.
+pub mod tags {
+    /// Always `kiln`.
+    pub const MANAGED_BY: &str = "kiln.dev/managed-by";
+    /// Namespace of the owning ImageBuild.
+    pub const NAMESPACE: &str = "kiln.dev/namespace";
+    /// Name of the owning ImageBuild.
+    pub const IMAGE_BUILD: &str = "kiln.dev/image-build";
+    /// The build that made the image.
+    pub const BUILD_ID: &str = "kiln.dev/build-id";
+    /// The spec hash it was built from.
+    pub const SPEC_HASH: &str = "kiln.dev/spec-hash";
+    /// Set (to anything) by a user to protect an image from retention.
+    pub const KEEP: &str = "kiln.dev/keep";
+
+    use std::collections::BTreeMap;
+
+    use kiln_core::retention::ImageOwner;
+
+    /// The owner kiln wrote into an image's tags, if it did.
+    pub fn owner(tags: &BTreeMap<String, String>) -> Option<ImageOwner> {
+        Some(ImageOwner {
+            namespace: tags.get(NAMESPACE)?.clone(),
+            image_build: tags.get(IMAGE_BUILD)?.clone(),
+            build_id: tags.get(BUILD_ID).cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// The owner as EC2 tags.
+pub fn owner_tags(owner: &Owner) -> Vec<(&'static str, String)> {
+    vec![
+        (tags::MANAGED_BY, "kiln".to_owned()),
+        (tags::NAMESPACE, owner.namespace.clone()),
+        (tags::IMAGE_BUILD, owner.image_build.clone()),
+        (tags::BUILD_ID, owner.build_id.clone()),
+        (tags::SPEC_HASH, owner.spec_hash.clone()),
+    ]
+}
 
 /// Credentials read from the ImageBuild's Secret.
 #[derive(Clone)]
@@ -167,7 +211,7 @@ impl Aws {
                     .filters(
                         Filter::builder()
                             .name("tag-key")
-                            .values(super::tags::IMAGE_BUILD)
+                            .values(tags::IMAGE_BUILD)
                             .build(),
                     )
                     .set_next_token(token.clone())
@@ -189,8 +233,8 @@ impl Aws {
                 };
                 Some((
                     s.snapshot_id()?.to_owned(),
-                    tag(super::tags::NAMESPACE)?,
-                    tag(super::tags::IMAGE_BUILD)?,
+                    tag(tags::NAMESPACE)?,
+                    tag(tags::IMAGE_BUILD)?,
                 ))
             }));
             token = page
@@ -259,7 +303,7 @@ impl Aws {
                     .filters(
                         Filter::builder()
                             .name("tag-key")
-                            .values(super::tags::IMAGE_BUILD)
+                            .values(tags::IMAGE_BUILD)
                             .build(),
                     )
                     .max_results(1000)
@@ -298,13 +342,7 @@ impl Aws {
     /// account (endpoint and access key) and region, shared by every `Aws`
     /// of the process.
     async fn pace(&self, region: &str, operation: &'static str) {
-        let Some(bucket) = self.bucket(region, operation) else {
-            return;
-        };
-        let wait = bucket.take(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        super::pace::wait_turn(self.bucket(region, operation).as_deref()).await;
     }
 
     fn bucket(&self, region: &str, operation: &'static str) -> Option<Arc<TokenBucket>> {
@@ -316,23 +354,19 @@ impl Aws {
         } else {
             self.pacing
         };
-        if !pacing.is_limited() {
-            return None;
-        }
         let key = BucketKey {
-            endpoint: self.endpoint.clone(),
-            access_key_id: self.credentials.as_ref().map(|c| c.access_key_id.clone()),
+            account: format!(
+                "ec2|{}|{}",
+                self.endpoint.as_deref().unwrap_or_default(),
+                self.credentials
+                    .as_ref()
+                    .map(|c| c.access_key_id.as_str())
+                    .unwrap_or_default()
+            ),
             region: region.to_owned(),
             operation,
         };
-        Some(
-            BUCKETS
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(key)
-                .or_insert_with(|| Arc::new(TokenBucket::new(pacing, Instant::now())))
-                .clone(),
-        )
+        super::pace::bucket(key, pacing)
     }
 
     /// EC2 API calls made through this value (for benchmarks).
@@ -429,60 +463,6 @@ fn is_throttling(code: Option<&str>) -> bool {
         code,
         Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled")
     )
-}
-
-/// Which token bucket: EC2 keeps one per account, region and API.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct BucketKey {
-    endpoint: Option<String>,
-    access_key_id: Option<String>,
-    region: String,
-    operation: &'static str,
-}
-
-static BUCKETS: LazyLock<Mutex<BTreeMap<BucketKey, Arc<TokenBucket>>>> =
-    LazyLock::new(Mutex::default);
-
-/// A token bucket, as EC2 throttles with: up to `burst` calls at once, then
-/// `requests_per_second`. A call takes a token now or reserves the next one
-/// to come (the count goes below zero), so callers queue in arrival order.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    // Tokens (below zero: reserved ahead) as of the instant.
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    fn new(pacing: Pacing, now: Instant) -> TokenBucket {
-        let burst = f64::from(pacing.burst.max(1));
-        TokenBucket {
-            rate: pacing.requests_per_second,
-            burst,
-            state: Mutex::new((burst, now)),
-        }
-    }
-
-    /// Takes a token at `now`; returns how long to wait before the call.
-    fn take(&self, now: Instant) -> Duration {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (tokens, at) = &mut *state;
-        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.rate;
-        *tokens = (*tokens + refill).min(self.burst) - 1.0;
-        *at = (*at).max(now);
-        if *tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-*tokens / self.rate)
-        }
-    }
-
-    /// The cloud throttled a call all the same (someone else shares the
-    /// account's bucket): what is left of the burst is not there.
-    fn throttled(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0 = state.0.min(0.0);
-    }
 }
 
 /// Runs an EC2 call in its turn (see [`EC2_MUTATING`]), backing off on
@@ -595,10 +575,9 @@ impl ImageProvider for Aws {
         &'a self,
         artifacts: &'a [RegionArtifact],
         owner: &'a Owner,
-    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
+    ) -> BoxFuture<'a, Result<super::Claimed, ProviderError>> {
         Box::pin(async move {
-            let tags: Vec<Tag> = owner
-                .tags()
+            let tags: Vec<Tag> = owner_tags(owner)
                 .into_iter()
                 .map(|(k, v)| Tag::builder().key(k).value(v).build())
                 .collect();
@@ -636,12 +615,22 @@ impl ImageProvider for Aws {
                     .state()
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_default();
-                if state != "available" {
-                    return Err(ProviderError::Api {
-                        operation: "DescribeImages",
-                        region: a.region.clone(),
-                        message: format!("image {} is {state}, not available", a.image_id),
-                    });
+                match state.as_str() {
+                    "available" => {}
+                    "pending" | "transient" | "" => {
+                        return Err(ProviderError::ImageNotReady {
+                            region: a.region.clone(),
+                            image_id: a.image_id.clone(),
+                            state,
+                        });
+                    }
+                    _ => {
+                        return Err(ProviderError::ImageFailed {
+                            region: a.region.clone(),
+                            image_id: a.image_id.clone(),
+                            state,
+                        });
+                    }
                 }
                 let mut resources = vec![a.image_id.clone()];
                 resources.extend(
@@ -659,7 +648,7 @@ impl ImageProvider for Aws {
                     .map_err(|e| describe_error(&e))
                     .map_err(api("CreateTags"))?;
             }
-            Ok(None)
+            Ok(super::Claimed::as_reported(artifacts))
         })
     }
 
@@ -896,8 +885,8 @@ fn image_info(region: &str, image: &aws_sdk_ec2::types::Image) -> Option<ImageIn
         image_id,
         name: image.name().map(str::to_owned),
         created_at,
-        owner: super::tags::owner(&tags),
-        keep: tags.contains_key(super::tags::KEEP),
+        owner: tags::owner(&tags),
+        keep: tags.contains_key(tags::KEEP),
         tags,
         deprecated,
         dependents: snapshots,
@@ -947,8 +936,8 @@ impl Aws {
                 client
                     .describe_images()
                     .owners("self")
-                    .filters(tag_filter(super::tags::NAMESPACE, namespace))
-                    .filters(tag_filter(super::tags::IMAGE_BUILD, image_build))
+                    .filters(tag_filter(tags::NAMESPACE, namespace))
+                    .filters(tag_filter(tags::IMAGE_BUILD, image_build))
                     .max_results(1000)
                     .set_next_token(token.clone())
                     .send()
@@ -973,40 +962,7 @@ impl Aws {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::{Pacing, TokenBucket, anchor_region};
-
-    fn bucket(burst: u32, requests_per_second: f64, now: Instant) -> TokenBucket {
-        let pacing = Pacing {
-            concurrency: 1,
-            requests_per_second,
-            burst,
-        };
-        TokenBucket::new(pacing, now)
-    }
-
-    #[test]
-    fn the_bucket_lets_a_burst_go_then_queues_calls_at_the_rate() {
-        let t0 = Instant::now();
-        let b = bucket(3, 2.0, t0);
-        let waits: Vec<Duration> = (0..6).map(|_| b.take(t0)).collect();
-        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [0, 0, 0, 500, 1000, 1500]);
-        // Once the queue has gone, the bucket refills, never past the burst.
-        let later = t0 + Duration::from_secs(60);
-        let ms: Vec<u128> = (0..4).map(|_| b.take(later).as_millis()).collect();
-        assert_eq!(ms, [0, 0, 0, 500]);
-    }
-
-    #[test]
-    fn a_throttled_call_gives_up_the_burst_left() {
-        let t0 = Instant::now();
-        let b = bucket(50, 4.0, t0);
-        assert_eq!(b.take(t0), Duration::ZERO);
-        b.throttled();
-        assert_eq!(b.take(t0).as_millis(), 250);
-    }
+    use super::anchor_region;
 
     #[test]
     fn regions_are_checked_from_their_partition() {

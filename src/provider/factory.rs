@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{ImageProvider, Unverified, aws};
+use super::{ImageProvider, Unverified, aws, digitalocean, openstack};
 use crate::api::ProviderType;
 
 /// Credentials as key/value pairs, as a Secret or the environment holds them.
@@ -57,11 +57,9 @@ impl CredentialKeys {
 pub fn credential_keys(type_: ProviderType) -> CredentialKeys {
     match type_ {
         ProviderType::Aws => aws::CREDENTIAL_KEYS,
-        ProviderType::Digitalocean => CredentialKeys {
-            required: &[&["DIGITALOCEAN_TOKEN", "DIGITALOCEAN_API_TOKEN"]],
-            optional: &[],
-        },
-        ProviderType::Gcp | ProviderType::Azure | ProviderType::Openstack => CredentialKeys {
+        ProviderType::Digitalocean => digitalocean::CREDENTIAL_KEYS,
+        ProviderType::Openstack => openstack::CREDENTIAL_KEYS,
+        ProviderType::Gcp | ProviderType::Azure => CredentialKeys {
             required: &[],
             optional: &[],
         },
@@ -78,8 +76,10 @@ pub fn build(
         ProviderType::Aws => Arc::new(aws::Aws::from_credentials(endpoint, credentials)),
         ProviderType::Gcp => Arc::new(Unverified("GCP")),
         ProviderType::Azure => Arc::new(Unverified("Azure")),
-        ProviderType::Digitalocean => Arc::new(Unverified("DigitalOcean")),
-        ProviderType::Openstack => Arc::new(Unverified("OpenStack")),
+        ProviderType::Digitalocean => {
+            Arc::new(digitalocean::from_credentials(endpoint, credentials))
+        }
+        ProviderType::Openstack => Arc::new(openstack::from_credentials(endpoint, credentials)),
     }
 }
 

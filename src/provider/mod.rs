@@ -2,7 +2,11 @@
 //! made them. One module per provider.
 
 pub mod aws;
+pub mod digitalocean;
 pub mod factory;
+pub mod http;
+pub mod openstack;
+pub mod pace;
 
 use futures::future::BoxFuture;
 
@@ -11,37 +15,9 @@ use jiff::Timestamp;
 use crate::api::RegionArtifact;
 use kiln_core::{image_build::run::Created, retention::ImageInfo};
 
-/// Tag keys kiln puts on every image (and snapshot) it makes. Retention only
-/// ever touches images that carry them.
-pub mod tags {
-    /// Always `kiln`.
-    pub const MANAGED_BY: &str = "kiln.dev/managed-by";
-    /// Namespace of the owning ImageBuild.
-    pub const NAMESPACE: &str = "kiln.dev/namespace";
-    /// Name of the owning ImageBuild.
-    pub const IMAGE_BUILD: &str = "kiln.dev/image-build";
-    /// The build that made the image.
-    pub const BUILD_ID: &str = "kiln.dev/build-id";
-    /// The spec hash it was built from.
-    pub const SPEC_HASH: &str = "kiln.dev/spec-hash";
-    /// Set (to anything) by a user to protect an image from retention.
-    pub const KEEP: &str = "kiln.dev/keep";
-
-    use std::collections::BTreeMap;
-
-    use kiln_core::retention::ImageOwner;
-
-    /// The owner kiln wrote into an image's tags, if it did.
-    pub fn owner(tags: &BTreeMap<String, String>) -> Option<ImageOwner> {
-        Some(ImageOwner {
-            namespace: tags.get(NAMESPACE)?.clone(),
-            image_build: tags.get(IMAGE_BUILD)?.clone(),
-            build_id: tags.get(BUILD_ID).cloned().unwrap_or_default(),
-        })
-    }
-}
-
-/// Who owns an image.
+/// Who owns an image: what kiln records on every image it makes, each
+/// provider in its own cloud's terms (EC2 tags, Glance properties,
+/// DigitalOcean tag names), and decodes into an [`ImageOwner`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     /// Namespace of the ImageBuild.
@@ -52,19 +28,6 @@ pub struct Owner {
     pub build_id: String,
     /// Spec hash.
     pub spec_hash: String,
-}
-
-impl Owner {
-    /// The owner tags as key/value pairs.
-    pub fn tags(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (tags::MANAGED_BY, "kiln".to_owned()),
-            (tags::NAMESPACE, self.namespace.clone()),
-            (tags::IMAGE_BUILD, self.image_build.clone()),
-            (tags::BUILD_ID, self.build_id.clone()),
-            (tags::SPEC_HASH, self.spec_hash.clone()),
-        ]
-    }
 }
 
 /// What can go wrong at a provider, sorted by what the controller does about it.
@@ -80,6 +43,28 @@ pub enum ProviderError {
         region: String,
         /// Image ID.
         image_id: String,
+    },
+    /// An image Packer reported failed at the provider (Glance's `killed`):
+    /// the build counts as failed.
+    #[error("image {image_id} in {region} is {state} at the provider; it cannot be used")]
+    ImageFailed {
+        /// Region.
+        region: String,
+        /// Image ID.
+        image_id: String,
+        /// The provider's word for its state.
+        state: String,
+    },
+    /// An image Packer reported is not usable yet (Glance's `queued`,
+    /// `saving`): claim it again later, until the build's timeout.
+    #[error("image {image_id} in {region} is still {state} at the provider")]
+    ImageNotReady {
+        /// Region.
+        region: String,
+        /// Image ID.
+        image_id: String,
+        /// The provider's word for its state.
+        state: String,
     },
     /// The call failed; retry later.
     #[error("{operation} in {region}: {message}")]
@@ -153,7 +138,7 @@ impl Capabilities {
     pub fn refuses(&self, policy: &crate::api::ImagePolicySpec) -> Option<String> {
         if !self.ownership {
             return Some(format!(
-                "kiln cannot list or delete {} images yet; retention supports AWS",
+                "kiln cannot list or delete {} images yet; retention supports AWS, OpenStack and DigitalOcean",
                 self.cloud
             ));
         }
@@ -164,6 +149,26 @@ impl Capabilities {
             ));
         }
         None
+    }
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The images, each in the region it was found in.
+    pub artifacts: Vec<RegionArtifact>,
+    /// What the status should say about them (the provider could not
+    /// verify or tag them).
+    pub note: Option<String>,
+}
+
+impl Claimed {
+    /// Verified and tagged where Packer said.
+    pub fn as_reported(artifacts: &[RegionArtifact]) -> Claimed {
+        Claimed {
+            artifacts: artifacts.to_vec(),
+            note: None,
+        }
     }
 }
 
@@ -183,13 +188,15 @@ pub trait ImageProvider: Send + Sync {
         regions: &'a [String],
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
 
-    /// Confirms each image exists and tags it (and its snapshots) as owned.
-    /// Returns a note for the status when the provider cannot do either.
+    /// Confirms each image exists and is usable, and records `owner` on it
+    /// (and on what is deleted with it). Returns the images where they
+    /// are (a provider whose Packer artifact names no region places them)
+    /// and a note for the status when the provider can do neither.
     fn claim<'a>(
         &'a self,
         artifacts: &'a [RegionArtifact],
         owner: &'a Owner,
-    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>>;
+    ) -> BoxFuture<'a, Result<Claimed, ProviderError>>;
 
     /// Lists the images carrying kiln's owner tags for one ImageBuild, in
     /// each region.
@@ -242,7 +249,7 @@ pub trait ImageProvider: Send + Sync {
 
 fn unsupported(provider: &str, what: &str) -> ProviderError {
     ProviderError::Invalid(format!(
-        "kiln cannot {what} {provider} images yet; retention supports AWS"
+        "kiln cannot {what} {provider} images yet; retention supports AWS, OpenStack and DigitalOcean"
     ))
 }
 
@@ -266,14 +273,17 @@ impl ImageProvider for Unverified {
 
     fn claim<'a>(
         &'a self,
-        _: &'a [RegionArtifact],
+        artifacts: &'a [RegionArtifact],
         _: &'a Owner,
-    ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
+    ) -> BoxFuture<'a, Result<Claimed, ProviderError>> {
         Box::pin(async move {
-            Ok(Some(format!(
-                "{} images are recorded as Packer reported them; kiln does not tag them yet",
-                self.0
-            )))
+            Ok(Claimed {
+                artifacts: artifacts.to_vec(),
+                note: Some(format!(
+                    "{} images are recorded as Packer reported them; kiln does not tag them yet",
+                    self.0
+                )),
+            })
         })
     }
 
@@ -342,11 +352,11 @@ mod tests {
             refusal.starts_with("spec.deprecateAfter: DigitalOcean"),
             "{refusal}"
         );
-        let unverified = Unverified("OpenStack").capabilities();
+        let unverified = Unverified("GCP").capabilities();
         assert!(
             unverified
                 .refuses(&policy(None))
-                .is_some_and(|r| r.contains("OpenStack"))
+                .is_some_and(|r| r.contains("GCP"))
         );
     }
 }

@@ -267,6 +267,28 @@ pub fn stalled(
     s
 }
 
+/// A build finished, but its images cannot be recorded yet: the provider
+/// has not made them usable (`stalled` false: checked again later), or it
+/// refuses kiln's credentials the claim (`stalled` true: the user must
+/// act). The build stays current, so its images are claimed, not lost, once
+/// they are ready or the credentials are fixed.
+pub fn claim_pending(
+    status: &ImageBuildStatus,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> ImageBuildStatus {
+    let mut s = base(status, generation);
+    if stalled {
+        stall(&mut s, reason, message, generation, now);
+    } else {
+        progressing(&mut s, reason, message, generation, now);
+    }
+    s
+}
+
 /// Waiting for a referenced object.
 pub fn waiting(
     status: &ImageBuildStatus,
