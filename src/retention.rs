@@ -22,7 +22,7 @@ use crate::{
     api::{ImageBuild, ImageDecision, ImagePolicySpec, RetentionAction},
     dereference::{self, DereferenceError},
     image_build::decide::InputProblem,
-    provider::ImageProvider,
+    provider::{ImageProvider, ProviderError},
 };
 
 /// Why a policy could not be evaluated at all (one build's problem is not
@@ -57,8 +57,10 @@ pub struct PolicyPlan {
     pub missing: Vec<String>,
     /// A plan per build that could be evaluated.
     pub plans: Vec<BuildPlan>,
-    /// Why other builds could not be evaluated.
+    /// Why other builds could not be evaluated, for now (retried).
     pub problems: Vec<String>,
+    /// Why some builds cannot be evaluated until the user acts.
+    pub stalls: Vec<String>,
 }
 
 /// Every ImageBuild of a namespace, from the apiserver (the CLI; the
@@ -104,21 +106,22 @@ pub async fn plan_policy(
     let in_use = in_use(all);
     let mut plans = Vec::new();
     let mut problems = Vec::new();
+    let mut stalls = Vec::new();
     for (name, build) in &selected {
         let provider: Arc<dyn ImageProvider> = match dereference::provider(reader, build).await? {
             Ok((p, _, _)) => p,
-            Err(
-                InputProblem::Missing { message, .. }
-                | InputProblem::Invalid { message, .. }
-                | InputProblem::Unsupported { message },
-            ) => {
+            Err(InputProblem::Missing { message, .. }) => {
                 problems.push(format!("ImageBuild {name}: {message}"));
+                continue;
+            }
+            Err(InputProblem::Invalid { message, .. } | InputProblem::Unsupported { message }) => {
+                stalls.push(format!("ImageBuild {name}: {message}"));
                 continue;
             }
         };
         // A plan promises only what the provider can carry out.
         if let Some(refusal) = provider.capabilities().refuses(spec) {
-            problems.push(format!("ImageBuild {name}: {refusal}"));
+            stalls.push(format!("ImageBuild {name}: {refusal}"));
             continue;
         }
         let images = match provider
@@ -126,6 +129,10 @@ pub async fn plan_policy(
             .await
         {
             Ok(images) => images,
+            Err(ProviderError::Invalid(message)) => {
+                stalls.push(format!("ImageBuild {name}: {message}"));
+                continue;
+            }
             Err(e) => {
                 problems.push(format!("ImageBuild {name}: {e}"));
                 continue;
@@ -156,6 +163,7 @@ pub async fn plan_policy(
         missing,
         plans,
         problems,
+        stalls,
     })
 }
 
@@ -222,11 +230,13 @@ async fn act(
         RetentionAction::Delete => match provider.delete(&verdict.image).await {
             Ok(None) => Applied::Deleted,
             Ok(Some(note)) => Applied::DeletedPartly(note),
+            Err(ProviderError::Invalid(e)) => Applied::Refused(e),
             Err(e) => Applied::Failed(e.to_string()),
         },
         RetentionAction::Deprecate => match provider.deprecate(&verdict.image, now).await {
             Ok(None) => Applied::Deprecated,
             Ok(Some(note)) => Applied::Unsupported(note),
+            Err(ProviderError::Invalid(e)) => Applied::Refused(e),
             Err(e) => Applied::Failed(e.to_string()),
         },
     };
@@ -306,6 +316,7 @@ pub async fn evaluate(
         missing: plan.missing,
         outcomes,
         problems: plan.problems,
+        stalls: plan.stalls,
         dry_run,
         still_pending,
     }

@@ -269,7 +269,7 @@ pub async fn prune(
     let all = retention::list_builds(&client, &ns).await?;
     let reader = crate::dereference::Reader::new(client.clone());
     let plan = retention::plan_policy(&reader, &ns, &all, &policy.spec, now).await?;
-    for p in &plan.problems {
+    for p in plan.stalls.iter().chain(&plan.problems) {
         eprintln!("warning: {p}");
     }
     if plan.selected.is_empty() {
@@ -356,7 +356,7 @@ pub async fn prune(
                 Applied::Unsupported(note) => {
                     println!("kept {} in {}: {note}", d.image.image_id, d.image.region)
                 }
-                Applied::Failed(e) => {
+                Applied::Failed(e) | Applied::Refused(e) => {
                     failed += 1;
                     println!("failed {} in {}: {e}", d.image.image_id, d.image.region);
                 }

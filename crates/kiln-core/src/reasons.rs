@@ -60,6 +60,9 @@ pub const NO_BUILDS_SELECTED: &str = "NoBuildsSelected";
 pub const BUILDS_NOT_EVALUATED: &str = "BuildsNotEvaluated";
 /// Some deletions or deprecations failed; retried.
 pub const PRUNE_FAILED: &str = "PruneFailed";
+/// The provider cannot carry out the policy for some builds (a capability
+/// it lacks, credentials it refuses): the user must act.
+pub const PRUNE_REFUSED: &str = "PruneRefused";
 
 // ImagePolicy: Events only.
 /// An image was deleted.
@@ -93,6 +96,7 @@ pub const ALL: &[&str] = &[
     NO_BUILDS_SELECTED,
     BUILDS_NOT_EVALUATED,
     PRUNE_FAILED,
+    PRUNE_REFUSED,
     IMAGE_DELETED,
 ];
 

@@ -36,6 +36,9 @@ pub enum Applied {
     Unsupported(String),
     /// The call failed; retried at the next evaluation.
     Failed(String),
+    /// The provider refused the call (credentials without the right): the
+    /// user must act; the image is kept.
+    Refused(String),
 }
 
 /// One verdict and what came of it.
@@ -60,8 +63,12 @@ pub struct Evaluation {
     pub missing: Vec<String>,
     /// A verdict per owned image of the builds that could be evaluated.
     pub outcomes: Vec<Outcome>,
-    /// Why other builds could not be evaluated.
+    /// Why other builds could not be evaluated, for now (retried).
     pub problems: Vec<String>,
+    /// Why some builds cannot be evaluated until the user acts (the
+    /// provider cannot do what the policy asks, or refuses kiln's
+    /// credentials).
+    pub stalls: Vec<String>,
     /// `spec.dryRun`.
     pub dry_run: bool,
     /// Pending deletions of an earlier, interrupted evaluation that this one
@@ -84,6 +91,20 @@ impl Evaluation {
                     },
                     o.verdict.image.image_id,
                     o.verdict.image.region
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Deletions and deprecations the provider refused, as messages.
+    pub fn refusals(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| match &o.applied {
+                Applied::Refused(e) => Some(format!(
+                    "{} in {}: {e}",
+                    o.verdict.image.image_id, o.verdict.image.region
                 )),
                 _ => None,
             })
@@ -247,6 +268,11 @@ pub fn evaluated(
                 RetentionAction::Keep,
                 format!("{reason}; the action failed and is retried: {e}"),
             )),
+            Applied::Refused(e) => new.retained.push(record(
+                o,
+                RetentionAction::Keep,
+                format!("{reason}; the provider refused it: {e}"),
+            )),
         }
     }
     summary.retained = count(new.retained.len());
@@ -267,7 +293,20 @@ pub fn evaluated(
     new.pending_deletions = eval.still_pending.clone();
 
     let failures = eval.failures();
-    if !eval.problems.is_empty() {
+    let mut refused = eval.stalls.clone();
+    refused.extend(eval.refusals());
+    if !refused.is_empty() {
+        // The user must act; whatever else could be done was done.
+        report(
+            &mut new,
+            Report {
+                ready: ConditionStatus::False,
+                reason: reasons::PRUNE_REFUSED,
+                message: &refused.join("; "),
+                progress: Progress::Stalled,
+            },
+        );
+    } else if !eval.problems.is_empty() {
         // Some builds could not be evaluated: say which, keep the rest going.
         report(
             &mut new,
@@ -390,6 +429,34 @@ mod tests {
     fn ready(s: &ImagePolicyStatus) -> (String, String, String) {
         let c = conditions::get(&s.conditions, conditions::READY).expect("Ready");
         (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn what_the_provider_refuses_stalls_and_the_rest_goes_on() {
+        let mut e = eval(vec![
+            outcome("img-1", RetentionAction::Delete, Applied::Deleted),
+            outcome(
+                "img-2",
+                RetentionAction::Delete,
+                Applied::Refused("the token lacks write scope".into()),
+            ),
+        ]);
+        e.stalls
+            .push("ImageBuild web: spec.deprecateAfter: DigitalOcean has no deprecation".into());
+        let s = evaluated(&ImagePolicyStatus::default(), &e, Some(1), now());
+        let (status, reason, message) = ready(&s);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "PruneRefused")
+        );
+        assert!(
+            message.contains("spec.deprecateAfter")
+                && message.contains("img-2 in us-east-1: the token lacks write scope"),
+            "{message}"
+        );
+        assert!(conditions::is_true(&s.conditions, conditions::STALLED));
+        assert_eq!(s.deleted.len(), 1, "what could be done was done");
+        assert!(s.retained.iter().any(|d| d.image_id == "img-2"));
     }
 
     #[test]
