@@ -222,6 +222,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
             vec![
                 i.region.clone(),
                 i.image_id.clone(),
+                i.name.clone().unwrap_or_default(),
                 i.build_id().unwrap_or("").to_owned(),
                 i.created_at.strftime("%Y-%m-%d %H:%M").to_string(),
                 age(now, i.created_at),
@@ -236,7 +237,10 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
     print!(
         "{}",
         format_rows(
-            &["REGION", "IMAGE", "BUILD-ID", "CREATED", "AGE", "LATEST"].map(String::from),
+            &[
+                "REGION", "IMAGE", "NAME", "BUILD-ID", "CREATED", "AGE", "LATEST"
+            ]
+            .map(String::from),
             &rows
         )
     );
@@ -297,6 +301,7 @@ pub async fn prune(
                 build.clone(),
                 d.image.region.clone(),
                 d.image.image_id.clone(),
+                d.image.name.clone().unwrap_or_default(),
                 d.image.build_id().unwrap_or("").to_owned(),
                 action(d.action).into(),
                 d.reason.clone(),
@@ -306,7 +311,10 @@ pub async fn prune(
     print!(
         "{}",
         format_rows(
-            &["BUILD", "REGION", "IMAGE", "BUILD-ID", "ACTION", "REASON"].map(String::from),
+            &[
+                "BUILD", "REGION", "IMAGE", "NAME", "BUILD-ID", "ACTION", "REASON"
+            ]
+            .map(String::from),
             &rows
         )
     );

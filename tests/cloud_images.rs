@@ -1,0 +1,780 @@
+//! OpenStack and DigitalOcean end to end, as on AWS: a real control plane,
+//! Debian's Packer and `kiln controller`, against real Keystone and Glance
+//! (with kiln's Nova stand-in) and against the DigitalOcean stand-in that
+//! validates every request and response against DigitalOcean's spec.
+//!
+//! For each cloud: an ImageBuild in two regions goes Ready with kiln's
+//! ownership at the provider; after five builds an ImagePolicy with
+//! keepLast 2 plans (dry run, changing nothing), then hides or deletes
+//! exactly the older images, never the latest, a foreign image of the same
+//! name or one the user protected; `kiln images list` and `kiln prune
+//! --dry-run` show the same.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use kiln::api::{ImageBuild, ImagePolicy, RetentionAction};
+use kiln_testenv::Service;
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use support::*;
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Two openstack sources, one per region: Packer's openstack builder makes
+/// its image in one region, and reports only the image ID.
+const OPENSTACK_TEMPLATE: &str = r#"
+variable "kiln_build_id" { type = string }
+variable "kiln_regions" { type = list(string) }
+source "openstack" "first" {
+  region            = var.kiln_regions[0]
+  source_image_name = "cirros"
+  flavor            = "m1.tiny"
+  image_name        = "app-${var.kiln_build_id}"
+  communicator      = "none"
+}
+source "openstack" "second" {
+  region            = var.kiln_regions[1]
+  source_image_name = "cirros"
+  flavor            = "m1.tiny"
+  image_name        = "app-${var.kiln_build_id}"
+  communicator      = "none"
+}
+build {
+  sources = ["source.openstack.first", "source.openstack.second"]
+}
+"#;
+
+/// One droplet snapshot, transferred to every region.
+const DIGITALOCEAN_TEMPLATE: &str = r#"
+variable "kiln_build_id" { type = string }
+variable "kiln_endpoint" { type = string }
+variable "kiln_regions" { type = list(string) }
+source "digitalocean" "app" {
+  api_url          = var.kiln_endpoint
+  image            = "ubuntu-22-04-x64"
+  region           = var.kiln_regions[0]
+  size             = "s-1vcpu-1gb"
+  snapshot_name    = "app-${var.kiln_build_id}"
+  snapshot_regions = var.kiln_regions
+  communicator     = "none"
+}
+build {
+  sources = ["source.digitalocean.app"]
+}
+"#;
+
+fn image_build_for(provider: Value, template: &str) -> ImageBuild {
+    serde_json::from_value(json!({
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": "app"},
+        "spec": {
+            "provider": provider,
+            "template": {"inline": template},
+            "executor": {"type": "process"},
+            "retry": {"limit": 1, "backoff": "1s"}
+        }
+    }))
+    .expect("ImageBuild")
+}
+
+fn policy(spec: Value) -> ImagePolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy",
+        "metadata": {"name": "keep-two"}, "spec": spec
+    }))
+    .expect("ImagePolicy")
+}
+
+fn kiln(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args).stdin(Stdio::null()).env_clear();
+    cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run kiln")
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// (region, image) pairs of an ImagePolicy status list.
+fn pairs(list: &[kiln::api::ImageDecision]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|d| (d.region.clone(), d.image_id.clone()))
+        .collect()
+}
+
+/// Runs five builds of `app` (the first, then four rebuilds) and returns
+/// each build's artifacts as (region, image) pairs, oldest first.
+async fn five_builds(
+    api: &Api<ImageBuild>,
+    ib: &ImageBuild,
+    log: &Path,
+) -> Vec<Vec<(String, String)>> {
+    api.create(&PostParams::default(), ib)
+        .await
+        .expect("create ImageBuild");
+    let mut builds = Vec::new();
+    let mut latest = wait_for(api, "app", BUILD_TIMEOUT, log, is_ready).await;
+    for i in 0..5 {
+        if i > 0 {
+            latest = rebuild(api, "app", &format!("rebuild-{i}"), BUILD_TIMEOUT, log).await;
+        }
+        let image = latest
+            .status
+            .as_ref()
+            .and_then(|s| s.latest_image.clone())
+            .expect("latestImage");
+        builds.push(
+            image
+                .artifacts
+                .iter()
+                .map(|a| (a.region.clone(), a.image_id.clone()))
+                .collect(),
+        );
+    }
+    builds
+}
+
+/// The policy dry run, `kiln images list` and `kiln prune --dry-run` agree on
+/// the plan, and nothing changed. Returns the planned (region, image) pairs.
+async fn dry_run_agrees(
+    env: &Env,
+    controller: &KilnController,
+    policy_spec: &Value,
+    manifest: &Path,
+    cli_env: &[(String, String)],
+) -> BTreeSet<(String, String)> {
+    let policies: Api<ImagePolicy> = Api::namespaced(env.client.clone(), "images");
+    let mut spec = policy_spec.clone();
+    spec["dryRun"] = true.into();
+    policies
+        .create(&PostParams::default(), &policy(spec))
+        .await
+        .expect("create ImagePolicy");
+    let p = wait_for(
+        &policies,
+        "keep-two",
+        Duration::from_secs(90),
+        &controller.log,
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.observed_generation == p.metadata.generation
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "DryRun")
+            })
+        },
+    )
+    .await;
+    let status = p.status.expect("status");
+    let planned = pairs(&status.plan);
+
+    // `kiln images list` lists what the provider holds, newest first.
+    let listed = kiln(
+        &["images", "list", "--file", manifest.to_str().expect("path")],
+        cli_env,
+    );
+    assert!(listed.status.success(), "{}", out(&listed));
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let rows: BTreeSet<(String, String)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.to_owned(), cols.next()?.to_owned()))
+        })
+        .collect();
+    let retained = pairs(&status.retained);
+    let all: BTreeSet<(String, String)> = planned.union(&retained).cloned().collect();
+    assert_eq!(rows, all, "images list shows every owned image:\n{text}");
+    assert!(text.contains("app-"), "names are shown:\n{text}");
+
+    // `kiln prune --dry-run` plans the same as the controller's dry run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &file,
+        serde_json::to_string(&json!({
+            "apiVersion": "kiln.dev/v1alpha1", "kind": "ImagePolicy",
+            "metadata": {"name": "keep-two", "namespace": "images"},
+            "spec": policy_spec
+        }))
+        .expect("json"),
+    )
+    .expect("write policy");
+    let kubeconfig = env.plane.admin_kubeconfig_path().display().to_string();
+    let mut with_cluster = cli_env.to_vec();
+    with_cluster.push(("KUBECONFIG".into(), kubeconfig));
+    let pruned = kiln(
+        &[
+            "prune",
+            "--policy",
+            file.to_str().expect("path"),
+            "--dry-run",
+        ],
+        &with_cluster,
+    );
+    assert!(pruned.status.success(), "{}", out(&pruned));
+    let text = String::from_utf8_lossy(&pruned.stdout).into_owned();
+    let cli_plan: BTreeSet<(String, String)> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("plan:"))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace().skip(1);
+            Some((cols.next()?.to_owned(), cols.next()?.to_owned()))
+        })
+        .collect();
+    assert_eq!(cli_plan, planned, "kiln prune --dry-run:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "plan: {} to deprecate or delete, {} kept",
+            planned.len(),
+            retained.len()
+        )),
+        "{text}"
+    );
+    planned
+}
+
+/// Turns the dry run off and waits for an evaluation that acted.
+async fn enforce(env: &Env, controller: &KilnController, spec: Value) -> ImagePolicy {
+    let policies: Api<ImagePolicy> = Api::namespaced(env.client.clone(), "images");
+    let mut spec = spec;
+    spec["dryRun"] = false.into();
+    policies
+        .patch(
+            "keep-two",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .expect("patch policy");
+    wait_for(
+        &policies,
+        "keep-two",
+        Duration::from_secs(120),
+        &controller.log,
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.observed_generation == p.metadata.generation
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.reason == "Evaluated" && c.status == "True"
+                    })
+            })
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------- OpenStack
+
+struct Glance {
+    http: reqwest::Client,
+    token: String,
+    urls: serde_json::Map<String, Value>,
+}
+
+impl Glance {
+    async fn new(stack: &Service) -> Glance {
+        kiln::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let response = http
+            .post(format!("{}/auth/tokens", stack.get("/auth_url")))
+            .json(&json!({"auth": {"identity": {
+                "methods": ["application_credential"],
+                "application_credential": {
+                    "id": stack.get("/app_cred_id"),
+                    "secret": stack.get("/app_cred_secret"),
+                }
+            }}}))
+            .send()
+            .await
+            .expect("Keystone");
+        assert_eq!(response.status(), 201);
+        let token = response
+            .headers()
+            .get("x-subject-token")
+            .and_then(|t| t.to_str().ok())
+            .expect("token")
+            .to_owned();
+        let urls = stack.info["glance"].as_object().expect("glance").clone();
+        Glance { http, token, urls }
+    }
+
+    fn url(&self, region: &str, path: &str) -> String {
+        format!("{}{path}", self.urls[region].as_str().expect("url"))
+    }
+
+    /// An active image named `name` in `region`; its ID.
+    async fn create(&self, region: &str, name: &str) -> String {
+        let created: Value = self
+            .http
+            .post(self.url(region, "/v2/images"))
+            .header("X-Auth-Token", &self.token)
+            .json(&json!({"name": name, "disk_format": "raw", "container_format": "bare"}))
+            .send()
+            .await
+            .expect("create image")
+            .json()
+            .await
+            .expect("image");
+        let id = created["id"].as_str().expect("id").to_owned();
+        let uploaded = self
+            .http
+            .put(self.url(region, &format!("/v2/images/{id}/file")))
+            .header("X-Auth-Token", &self.token)
+            .header("Content-Type", "application/octet-stream")
+            .body(vec![7u8; 4096])
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(uploaded.status(), 204);
+        id
+    }
+
+    async fn get(&self, region: &str, id: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(self.url(region, &format!("/v2/images/{id}")))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .expect("get image");
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success(), "{}", r.status());
+        Some(r.json().await.expect("image"))
+    }
+
+    /// IDs in Glance's default listing (hidden images are not in it).
+    async fn default_listing(&self, region: &str) -> BTreeSet<String> {
+        let listed: Value = self
+            .http
+            .get(self.url(region, "/v2/images?limit=1000"))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("images");
+        listed["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .filter_map(|i| i["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    async fn set_property(&self, region: &str, id: &str, key: &str, value: &str) {
+        let r = self
+            .http
+            .patch(self.url(region, &format!("/v2/images/{id}")))
+            .header("X-Auth-Token", &self.token)
+            .header(
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            )
+            .body(json!([{"op": "add", "path": format!("/{key}"), "value": value}]).to_string())
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+}
+
+#[tokio::test]
+async fn openstack_builds_are_owned_listed_hidden_and_pruned() {
+    let (env, stack) = tokio::join!(Env::start(false), async {
+        Service::openstack()
+            .await
+            .unwrap_or_else(|e| panic!("openstack: {e}"))
+    });
+    let glance = Glance::new(&stack).await;
+    let regions = ["RegionOne", "RegionTwo"];
+    for region in regions {
+        glance.create(region, "cirros").await;
+    }
+    env.namespace("images").await;
+    let creds: Vec<(String, String)> = [
+        ("OS_AUTH_URL", stack.get("/auth_url")),
+        ("OS_APPLICATION_CREDENTIAL_ID", stack.get("/app_cred_id")),
+        (
+            "OS_APPLICATION_CREDENTIAL_SECRET",
+            stack.get("/app_cred_secret"),
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let pairs_ref: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.aws_secret("images", "openstack", &pairs_ref).await;
+    let controller = env
+        .controller("c1", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), "images");
+    let provider = json!({
+        "type": "openstack",
+        "regions": regions,
+        "credentials": {"secretRef": {"name": "openstack"}}
+    });
+    let ib = image_build_for(provider.clone(), OPENSTACK_TEMPLATE);
+    let builds = five_builds(&api, &ib, &controller.log).await;
+
+    // Each build has an image in each region, found where Packer made it,
+    // active, with kiln's owner properties and tag.
+    let ib = api.get("app").await.expect("get");
+    let latest = ib
+        .status
+        .as_ref()
+        .and_then(|s| s.latest_image.clone())
+        .expect("latest");
+    for build in &builds {
+        let in_regions: Vec<&str> = build.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(in_regions, regions, "{build:?}");
+    }
+    for (region, id) in &builds[4] {
+        let image = glance.get(region, id).await.expect("image in its region");
+        assert_eq!(image["status"], "active");
+        assert_eq!(image["kiln_managed_by"], "kiln", "{image}");
+        assert_eq!(image["kiln_namespace"], "images");
+        assert_eq!(image["kiln_image_build"], "app");
+        assert_eq!(image["kiln_build_id"], latest.build_id.as_str());
+        assert_eq!(image["kiln_spec_hash"], latest.spec_hash.as_str());
+        assert!(
+            image["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("kiln"))),
+            "{image}"
+        );
+    }
+
+    // The user protects the second build's images; someone else makes an
+    // image with the first build's name.
+    for (region, id) in &builds[1] {
+        glance
+            .set_property(region, id, "kiln_keep", "rollback")
+            .await;
+    }
+    let first_name = glance
+        .get("RegionOne", &builds[0][0].1)
+        .await
+        .expect("image")["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let foreign = glance.create("RegionOne", &first_name).await;
+
+    let manifest_dir = tempfile::tempdir().expect("tempdir");
+    let manifest = manifest_dir.path().join("app.yaml");
+    let mut listed_ib = ib.clone();
+    listed_ib.metadata.namespace = Some("images".into());
+    listed_ib.metadata.managed_fields = None;
+    listed_ib.status = None;
+    std::fs::write(&manifest, serde_json::to_string(&listed_ib).expect("json")).expect("write");
+
+    // Hide what keepLast 2 supersedes, delete it much later.
+    let spec = json!({
+        "builds": {"names": ["app"]},
+        "keepLast": 2,
+        "deprecateAfter": "0s",
+        "deleteAfter": "720h"
+    });
+    let planned = dry_run_agrees(&env, &controller, &spec, &manifest, &creds).await;
+    let expected: BTreeSet<(String, String)> =
+        builds[0].iter().chain(&builds[2]).cloned().collect();
+    assert_eq!(planned, expected, "builds 1 and 3 go; 2 is protected");
+    for (region, id) in builds.iter().flatten() {
+        let image = glance
+            .get(region, id)
+            .await
+            .expect("a dry run deletes nothing");
+        assert_eq!(image["os_hidden"], false, "a dry run hides nothing");
+    }
+
+    let p = enforce(&env, &controller, spec).await;
+    let status = p.status.expect("status");
+    assert_eq!(pairs(&status.deprecated), expected, "{status:?}");
+    for region in regions {
+        let visible = glance.default_listing(region).await;
+        for (r, id) in builds.iter().flatten().filter(|(r, _)| r == region) {
+            let hidden = expected.contains(&(r.clone(), id.clone()));
+            assert_eq!(!visible.contains(id), hidden, "{r}/{id} hidden: {hidden}");
+            let image = glance.get(r, id).await.expect("hidden images stay");
+            assert_eq!(image["os_hidden"], hidden);
+        }
+    }
+
+    // Deleting at once now: the hidden images go (listing finds them), the
+    // rest stays.
+    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 2});
+    let p = enforce(&env, &controller, spec).await;
+    let status = p.status.expect("status");
+    let deleted: BTreeSet<(String, String)> = status
+        .deleted
+        .iter()
+        .filter(|d| d.action == RetentionAction::Delete)
+        .map(|d| (d.region.clone(), d.image_id.clone()))
+        .collect();
+    assert_eq!(deleted, expected, "{status:?}");
+    for (region, id) in builds.iter().flatten() {
+        let gone = glance.get(region, id).await.is_none();
+        assert_eq!(
+            gone,
+            expected.contains(&(region.clone(), id.clone())),
+            "{region}/{id}"
+        );
+    }
+    assert!(
+        glance.get("RegionOne", &foreign).await.is_some(),
+        "the foreign image stays"
+    );
+    for (region, id) in &builds[4] {
+        assert!(glance.get(region, id).await.is_some(), "the latest stays");
+    }
+}
+
+// ------------------------------------------------------------ DigitalOcean
+
+struct DigitalOcean {
+    http: reqwest::Client,
+    api: String,
+    token: String,
+    control: String,
+}
+
+impl DigitalOcean {
+    fn new(svc: &Service) -> DigitalOcean {
+        kiln::install_crypto_provider();
+        DigitalOcean {
+            http: reqwest::Client::new(),
+            api: svc.get("/api_url").to_owned(),
+            token: svc.get("/token").to_owned(),
+            control: svc.get("/control_url").to_owned(),
+        }
+    }
+
+    async fn image(&self, id: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v2/images/{id}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("get image");
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success(), "{}", r.status());
+        let body: Value = r.json().await.expect("image");
+        Some(body["image"].clone())
+    }
+
+    async fn tag(&self, id: &str, tag: &str) {
+        let r = self
+            .http
+            .post(format!("{}/v2/tags", self.api))
+            .bearer_auth(&self.token)
+            .json(&json!({ "name": tag }))
+            .send()
+            .await
+            .expect("create tag");
+        assert!(r.status().is_success(), "{}", r.status());
+        let r = self
+            .http
+            .post(format!("{}/v2/tags/{tag}/resources", self.api))
+            .bearer_auth(&self.token)
+            .json(&json!({"resources": [{"resource_id": id, "resource_type": "image"}]}))
+            .send()
+            .await
+            .expect("tag image");
+        assert_eq!(r.status(), 204);
+    }
+
+    async fn seed(&self, name: &str, regions: &[&str]) -> String {
+        let body: Value = self
+            .http
+            .post(format!("{}/images", self.control))
+            .json(&json!({"name": name, "regions": regions}))
+            .send()
+            .await
+            .expect("seed")
+            .json()
+            .await
+            .expect("seeded");
+        body["image"]["id"].to_string()
+    }
+}
+
+#[tokio::test]
+async fn digitalocean_snapshots_are_owned_listed_and_pruned() {
+    let (env, svc) = tokio::join!(Env::start(false), async {
+        Service::digitalocean()
+            .await
+            .unwrap_or_else(|e| panic!("digitalocean: {e}"))
+    });
+    let cloud = DigitalOcean::new(&svc);
+    let regions = ["nyc3", "sfo3"];
+    env.namespace("images").await;
+    // Packer 1.6.6 reads DIGITALOCEAN_API_TOKEN; kiln reads either name.
+    let creds: Vec<(String, String)> = vec![("DIGITALOCEAN_API_TOKEN".into(), cloud.token.clone())];
+    env.aws_secret("images", "do", &[("DIGITALOCEAN_API_TOKEN", &cloud.token)])
+        .await;
+    let controller = env
+        .controller("c1", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), "images");
+    let provider = json!({
+        "type": "digitalocean",
+        "regions": regions,
+        "endpoint": cloud.api,
+        "credentials": {"secretRef": {"name": "do"}}
+    });
+    let ib = image_build_for(provider, DIGITALOCEAN_TEMPLATE);
+    let builds = five_builds(&api, &ib, &controller.log).await;
+
+    // One snapshot per build, in both regions, tagged as kiln's.
+    let ib = api.get("app").await.expect("get");
+    let latest = ib
+        .status
+        .as_ref()
+        .and_then(|s| s.latest_image.clone())
+        .expect("latest");
+    for build in &builds {
+        let in_regions: Vec<&str> = build.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(in_regions, regions, "{build:?}");
+        assert_eq!(build[0].1, build[1].1, "one snapshot in both regions");
+    }
+    let snapshot = cloud.image(&builds[4][0].1).await.expect("snapshot");
+    let tags: Vec<&str> = snapshot["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "kiln:managed".to_owned(),
+        "kiln:owner:images:app".to_owned(),
+        format!("kiln:build:{}", latest.build_id),
+    ] {
+        assert!(tags.contains(&want.as_str()), "{want} in {tags:?}");
+    }
+    let in_regions: BTreeSet<&str> = snapshot["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(in_regions, regions.into_iter().collect());
+
+    // The user protects the second build's snapshot; someone else has a
+    // snapshot named as the first.
+    cloud.tag(&builds[1][0].1, "kiln:keep").await;
+    let first_name = cloud.image(&builds[0][0].1).await.expect("snapshot")["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let foreign = cloud.seed(&first_name, &regions).await;
+
+    let manifest_dir = tempfile::tempdir().expect("tempdir");
+    let manifest = manifest_dir.path().join("app.yaml");
+    let mut listed_ib = ib.clone();
+    listed_ib.metadata.namespace = Some("images".into());
+    listed_ib.metadata.managed_fields = None;
+    listed_ib.status = None;
+    std::fs::write(&manifest, serde_json::to_string(&listed_ib).expect("json")).expect("write");
+
+    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 2});
+    let planned = dry_run_agrees(&env, &controller, &spec, &manifest, &creds).await;
+    let expected: BTreeSet<(String, String)> =
+        builds[0].iter().chain(&builds[2]).cloned().collect();
+    assert_eq!(planned, expected, "builds 1 and 3 go; 2 is protected");
+    for (_, id) in builds.iter().flatten() {
+        assert!(cloud.image(id).await.is_some(), "a dry run deletes nothing");
+    }
+
+    // A policy that asks for deprecation is refused by name: DigitalOcean
+    // has none.
+    let policies: Api<ImagePolicy> = Api::namespaced(env.client.clone(), "images");
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(json!({"builds": {"names": ["app"]}, "keepLast": 2, "deprecateAfter": "1h", "deleteAfter": "24h"}))
+                .tap_name("staged"),
+        )
+        .await
+        .expect("create staged policy");
+    let staged = wait_for(
+        &policies,
+        "staged",
+        Duration::from_secs(60),
+        &controller.log,
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Stalled" && c.status == "True" && c.reason == "PruneRefused"
+                })
+            })
+        },
+    )
+    .await;
+    let message = staged
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("spec.deprecateAfter"), "{message}");
+
+    let p = enforce(&env, &controller, spec).await;
+    let status = p.status.expect("status");
+    assert_eq!(pairs(&status.deleted), expected, "{status:?}");
+    for (_, id) in builds.iter().flatten() {
+        let gone = cloud.image(id).await.is_none();
+        let planned_id = expected.iter().any(|(_, e)| e == id);
+        assert_eq!(gone, planned_id, "{id}");
+    }
+    assert!(
+        cloud.image(&foreign).await.is_some(),
+        "the foreign snapshot stays"
+    );
+    assert!(
+        cloud.image(&builds[4][0].1).await.is_some(),
+        "the latest stays"
+    );
+}
+
+trait TapName {
+    fn tap_name(self, name: &str) -> Self;
+}
+
+impl TapName for ImagePolicy {
+    fn tap_name(mut self, name: &str) -> Self {
+        self.metadata.name = Some(name.into());
+        self
+    }
+}
