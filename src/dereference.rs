@@ -92,6 +92,9 @@ pub async fn inputs(
         Err(ProviderError::Invalid(message)) => {
             return Ok(Err(invalid(reasons::INVALID_REGION, message)));
         }
+        Err(ProviderError::Unauthorized(message)) => {
+            return Ok(Err(invalid(reasons::CREDENTIALS_INVALID, message)));
+        }
         Err(other) => return Err(other.into()),
     }
     Ok(Ok(Inputs {

@@ -541,7 +541,7 @@ impl ImageProvider for Aws {
             self.count();
             let out = client.describe_regions().all_regions(true).send().await.map_err(|e| {
                 if is_auth_error(error_code(&e)) {
-                    ProviderError::Invalid(format!(
+                    ProviderError::Unauthorized(format!(
                         "the credentials in spec.provider.credentials.secretRef were refused by EC2 ({}); fix the Secret",
                         describe_error(&e)
                     ))

@@ -33,9 +33,13 @@ pub struct Owner {
 /// What can go wrong at a provider, sorted by what the controller does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// The user must fix the spec or the credentials (stall).
+    /// The user must fix the spec (stall).
     #[error("{0}")]
     Invalid(String),
+    /// The cloud refused the credentials, or they lack a right kiln needs
+    /// (a 401, a 403): the user must fix the Secret (stall).
+    #[error("{0}")]
+    Unauthorized(String),
     /// An image Packer reported is not there (the build counts as failed).
     #[error("image {image_id} in {region} does not exist at the provider")]
     ImageMissing {
