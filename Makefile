@@ -48,7 +48,8 @@ test: setup lint ## Install what is needed, then run every test on a real contro
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
-bench: setup ## Prune 2,000 AMIs against a sequential script at 0 and 80 ms (~10 min; BENCH_IMAGES, BENCH_LATENCY_MS, BENCH_REGIONS, BENCH_PACING=ec2); then a cold controller over 1k/3k/10k ImageBuilds (~20 min; BENCH_SCALE).
+bench: setup ## Prune 2,000 AMIs against a sequential script at 0 and 80 ms (~10 min; BENCH_IMAGES, BENCH_LATENCY_MS, BENCH_REGIONS, BENCH_PACING=ec2); the same on Glance and the DigitalOcean stand-in (BENCH_CLOUDS, BENCH_PACING=digitalocean); then a cold controller over 1k/3k/10k ImageBuilds (~20 min; BENCH_SCALE).
 	$(CARGO) bench --profile dev --bench prune
+	$(CARGO) bench --profile dev --bench prune_clouds
 	export KUBEBUILDER_ASSETS="$${KUBEBUILDER_ASSETS:-$$(hack/testenv.sh)}"; \
 	$(CARGO) bench --profile dev --bench scale

@@ -95,6 +95,13 @@ pub async fn inputs(
         Err(ProviderError::Unauthorized(message)) => {
             return Ok(Err(invalid(reasons::CREDENTIALS_INVALID, message)));
         }
+        // The cloud cannot be asked now: say so, and try again.
+        Err(e @ ProviderError::Api { .. }) => {
+            return Ok(Err(InputProblem::Missing {
+                reason: reasons::PROVIDER_UNAVAILABLE,
+                message: format!("checking the regions failed, retried: {e}"),
+            }));
+        }
         Err(other) => return Err(other.into()),
     }
     Ok(Ok(Inputs {

@@ -87,6 +87,8 @@ DISTRIBUTIONS = [
     (1005, "rockylinux-9-x64", "9 x64", "Rocky Linux", 7),
 ]
 CATALOGUE_CREATED = "2024-05-01T00:00:00Z"
+# The image `status` enum of the spec.
+IMAGE_STATUSES = ["NEW", "available", "pending", "deleted", "retired"]
 
 
 # --------------------------------------------------------------------------
@@ -894,7 +896,8 @@ class Handler(BaseHTTPRequestHandler):
         POST /_standin/malform {"count": N}   the next N API response bodies are broken
         POST /_standin/images {...}           seed an image (a snapshot by default); any of
              name, regions, created_at, tags, type, distribution, min_disk_size,
-             size_gigabytes, droplet_id; answers {"image": ...}
+             size_gigabytes, droplet_id, status (the spec's enum; default available);
+             answers {"image": ...}
         POST /_standin/config {"action_seconds": X}
         """
         s = self.state
@@ -934,12 +937,16 @@ class Handler(BaseHTTPRequestHandler):
                 bad = [r for r in regions if r not in dict(REGIONS)]
                 if bad:
                     return self._send(422, {"id": "unprocessable_entity", "message": f"unknown regions {bad}"})
+                status = body.get("status", "available")
+                if status not in IMAGE_STATUSES:
+                    return self._send(422, {"id": "unprocessable_entity",
+                                            "message": f"status {status!r} is not one of {IMAGE_STATUSES}"})
                 iid = s.new_id("image")
                 img = {"id": iid, "name": body.get("name") or f"seeded-{iid}", "type": body.get("type", "snapshot"),
                        "distribution": body.get("distribution", "Ubuntu"), "slug": None, "public": False,
                        "regions": list(regions), "created_at": body.get("created_at") or now_iso(),
                        "min_disk_size": int(body.get("min_disk_size", 25)),
-                       "size_gigabytes": float(body.get("size_gigabytes", 1.42)), "tags": [], "status": "available"}
+                       "size_gigabytes": float(body.get("size_gigabytes", 1.42)), "tags": [], "status": status}
                 s.images[iid] = img
                 did = body.get("droplet_id")
                 if did is not None and int(did) in s.droplets:

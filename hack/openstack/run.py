@@ -139,10 +139,10 @@ class Stack:
         self.procs.append((name, proc))
         return proc
 
-    def gunicorn(self, name, app, sock, env, pythonpath=None):
+    def gunicorn(self, name, app, sock, env, pythonpath=None, threads=4):
         argv = [os.path.join(self.bin, "gunicorn"),
                 "--bind", "fd://%d" % sock.fileno(),
-                "--workers", "1", "--worker-class", "gthread", "--threads", "4",
+                "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
                 "--timeout", "300", "--graceful-timeout", "5",
                 "--name", "kiln-" + name, "--no-control-socket",
                 "--access-logfile", "-", "--error-logfile", "-"]
@@ -341,7 +341,8 @@ class Stack:
         # loaded beside it (its log was lost with the test's directory).
         bootstrap_argv = manage + [
             "bootstrap",
-            "--bootstrap-password", self.secrets["admin"],
+            # One argument: a password may begin with "-".
+            "--bootstrap-password=" + self.secrets["admin"],
             "--bootstrap-username", "admin",
             "--bootstrap-project-name", "admin",
             "--bootstrap-role-name", "admin",
@@ -358,9 +359,11 @@ class Stack:
         for region in REGIONS[1:]:
             shutil.copy(os.path.join(first, "glance.sqlite"), gdirs[region])
         for region in REGIONS:
+            # One thread: Glance on SQLite answers concurrent writes with
+            # "database is locked" (500); a real cloud's database does not.
             self.gunicorn("glance-" + region, "glance.wsgi.api:application",
                           socks["glance-" + region],
-                          self.env(OS_GLANCE_CONFIG_DIR=gdirs[region]))
+                          self.env(OS_GLANCE_CONFIG_DIR=gdirs[region]), threads=1)
             self.gunicorn("nova-" + region, "nova_standin:application",
                           socks["nova-" + region],
                           self.env(KILN_NOVA_CONF=self.nova_conf(region),

@@ -508,7 +508,22 @@ async fn finish(
     let (artifacts, note) = match inputs.provider.claim(&artifacts, &owner).await {
         Ok(claimed) => (claimed.artifacts, claimed.note),
         // Unreachable provider: keep the finished build and try again.
-        Err(e @ ProviderError::Api { .. }) => return Err(e.into()),
+        Err(e @ ProviderError::Api { .. }) => {
+            warn!(build_id = %current.build_id, %e, "claiming the build's images failed; retrying");
+            let message = format!(
+                "build {} finished; recording its images failed and is retried: {e}",
+                current.build_id
+            );
+            let s = status::claim_pending(
+                old,
+                reasons::PROVIDER_UNAVAILABLE,
+                &message,
+                false,
+                ib.metadata.generation,
+                now,
+            );
+            return Ok((s, Action::requeue(CLAIM_AGAIN)));
+        }
         // Slow clouds finish images after Packer exits (Glance `saving`):
         // claim again until the build's own timeout.
         Err(e @ ProviderError::ImageNotReady { .. }) => {

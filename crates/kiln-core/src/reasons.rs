@@ -42,6 +42,9 @@ pub const PARENT_REGION_MISMATCH: &str = "ParentRegionMismatch";
 pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
 /// The credentials Secret lacks a key or holds a bad value (stalled).
 pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+/// The provider could not be asked (unreachable, 5xx, its rate limit
+/// exhausted): retried.
+pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
 
 // ImageBuild: Events only.
 /// A build was started.
@@ -89,6 +92,7 @@ pub const ALL: &[&str] = &[
     PARENT_REGION_MISMATCH,
     CREDENTIALS_NOT_FOUND,
     CREDENTIALS_INVALID,
+    PROVIDER_UNAVAILABLE,
     BUILD_STARTED,
     BUILD_SUCCEEDED,
     EVALUATED,

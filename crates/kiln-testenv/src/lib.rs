@@ -394,7 +394,11 @@ pub async fn find_assets() -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS") {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/testenv.sh");
+    // At run time first, as `services::hack` does.
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|d| PathBuf::from(d).join("hack/testenv.sh"))
+        .filter(|s| s.is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/testenv.sh"));
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())

@@ -25,8 +25,14 @@ pub struct Service {
 }
 
 /// `hack/` in this repository.
+/// Found at run time first: cargo sets `CARGO_MANIFEST_DIR` for the tests
+/// it runs (the repository root for kiln's), while the path compiled in
+/// may be another checkout's that shares the build cache.
 fn hack() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|d| PathBuf::from(d).join("hack"))
+        .filter(|h| h.join("openstack/run.py").is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack"))
 }
 
 impl Service {

@@ -206,7 +206,46 @@ pub fn plan(
             });
         }
     }
+    keep_what_another_region_keeps(&mut out);
     Ok(out)
+}
+
+/// One image can live in several regions under one ID (a DigitalOcean
+/// snapshot), and deleting it deletes it everywhere. So an image is
+/// deleted only if every region's verdict says so, and deprecated only if
+/// none keeps it.
+fn keep_what_another_region_keeps(verdicts: &mut [ImageVerdict]) {
+    let strongest: BTreeMap<String, (RetentionAction, String)> =
+        verdicts.iter().fold(BTreeMap::new(), |mut acc, v| {
+            let rank = |a: RetentionAction| match a {
+                RetentionAction::Keep => 0,
+                RetentionAction::Deprecate => 1,
+                RetentionAction::Delete => 2,
+            };
+            let entry = acc
+                .entry(v.image.image_id.clone())
+                .or_insert((v.action, v.image.region.clone()));
+            if rank(v.action) < rank(entry.0) {
+                *entry = (v.action, v.image.region.clone());
+            }
+            acc
+        });
+    for v in verdicts.iter_mut() {
+        let Some((action, region)) = strongest.get(&v.image.image_id) else {
+            continue;
+        };
+        if *action != v.action && region != &v.image.region {
+            v.reason = format!(
+                "{}: the same image is kept in {region} ({})",
+                match action {
+                    RetentionAction::Keep => "kept",
+                    _ => "only deprecated",
+                },
+                v.reason
+            );
+            v.action = *action;
+        }
+    }
 }
 
 fn verdict(
@@ -416,6 +455,34 @@ mod tests {
                 ("ami-2", Deprecate),
                 ("ami-3", Delete)
             ]
+        );
+    }
+
+    #[test]
+    fn an_image_in_several_regions_goes_only_where_every_region_lets_it() {
+        // One snapshot (same ID) in two regions; in ams3 a newer one has
+        // not arrived yet, so there it is still among the newest two.
+        let images = vec![
+            image("nyc3", "s1", 30, true),
+            image("nyc3", "s2", 20, true),
+            image("nyc3", "s3", 10, true),
+            image("ams3", "s1", 30, true),
+            image("ams3", "s2", 20, true),
+        ];
+        let r = Rules {
+            keep_last: 2,
+            ..Default::default()
+        };
+        let p = plan(NS, NAME, &images, &r, &Protection::default(), now()).expect("plan");
+        let s1: Vec<_> = p.iter().filter(|d| d.image.image_id == "s1").collect();
+        assert_eq!(s1.len(), 2);
+        for d in s1 {
+            assert_eq!(d.action, RetentionAction::Keep, "{d:?}");
+        }
+        assert!(
+            p.iter()
+                .any(|d| d.image.region == "nyc3" && d.reason.contains("kept in ams3")),
+            "{p:?}"
         );
     }
 
