@@ -530,7 +530,7 @@ async fn openstack_builds_are_owned_listed_hidden_and_pruned() {
 
     // Deleting at once now: the hidden images go (listing finds them), the
     // rest stays.
-    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 2});
+    let spec = json!({"builds": {"names": ["app"]}, "keepLast": 2, "deprecateAfter": null, "deleteAfter": null});
     let p = enforce(&env, &controller, spec).await;
     let status = p.status.expect("status");
     let deleted: BTreeSet<(String, String)> = status

@@ -82,7 +82,14 @@ async fn reconcile_inner(ib: &ImageBuild, ctx: &Context) -> Result<Action, Error
     };
     // Only a stored record lets the build's traces go: after a 409 or a
     // crash before this point, the next reconcile finds the result again.
-    if let Some(current) = ends {
+    // A finished build whose images are not claimed yet stays current, and
+    // so does its result.
+    if let Some(current) = ends
+        && new
+            .current_build
+            .as_ref()
+            .is_none_or(|c| c.build_id != current.build_id)
+    {
         forget(ctx, &current);
     }
     if new.current_build.is_none() && finalizer::held(&stored) {
