@@ -778,3 +778,214 @@ impl TapName for ImagePolicy {
         self
     }
 }
+
+// --------------------------------------------------------------- bad input
+
+fn reason_of(ib: &ImageBuild, type_: &str) -> Option<(String, String, String)> {
+    ib.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn has(ib: &ImageBuild, type_: &str, reason: &str) -> bool {
+    reason_of(ib, type_).is_some_and(|(s, r, _)| s == "True" && r == reason)
+}
+
+/// Each cloud's bad input is a named condition, never a crash, and a built
+/// image is never lost: refused credentials and unknown regions stall; a
+/// token that may read but not tag keeps the build until the Secret is
+/// fixed, then records the same image; an exhausted rate limit is
+/// Reconciling until DigitalOcean answers again.
+#[tokio::test]
+async fn bad_input_gives_named_conditions_and_loses_no_image() {
+    let (env, stack, svc) = tokio::join!(
+        Env::start(false),
+        async {
+            Service::openstack()
+                .await
+                .unwrap_or_else(|e| panic!("openstack: {e}"))
+        },
+        async {
+            Service::digitalocean()
+                .await
+                .unwrap_or_else(|e| panic!("digitalocean: {e}"))
+        }
+    );
+    env.namespace("images").await;
+    let controller = env
+        .controller("c1", &["--default-executor", "process"])
+        .await;
+    let api: Api<ImageBuild> = Api::namespaced(env.client.clone(), "images");
+    let limit = Duration::from_secs(120);
+
+    // OpenStack: Keystone refuses the application credential (401).
+    env.aws_secret(
+        "images",
+        "os-wrong",
+        &[
+            ("OS_AUTH_URL", stack.get("/auth_url")),
+            ("OS_APPLICATION_CREDENTIAL_ID", stack.get("/app_cred_id")),
+            ("OS_APPLICATION_CREDENTIAL_SECRET", "not-the-secret"),
+        ],
+    )
+    .await;
+    let mut wrong = image_build_for(
+        json!({"type": "openstack", "regions": ["RegionOne"], "credentials": {"secretRef": {"name": "os-wrong"}}}),
+        OPENSTACK_TEMPLATE,
+    );
+    wrong.metadata.name = Some("wrong-secret".into());
+    api.create(&PostParams::default(), &wrong)
+        .await
+        .expect("create");
+    let ib = wait_for(&api, "wrong-secret", limit, &controller.log, |ib| {
+        has(ib, "Stalled", "CredentialsInvalid")
+    })
+    .await;
+    let (_, _, message) = reason_of(&ib, "Ready").expect("Ready");
+    assert!(
+        message.contains("refused the credentials")
+            && message.contains("spec.provider.credentials.secretRef"),
+        "{message}"
+    );
+    assert!(!message.contains("not-the-secret"), "{message}");
+
+    // OpenStack: a region the catalogue lacks.
+    env.aws_secret(
+        "images",
+        "os",
+        &[
+            ("OS_AUTH_URL", stack.get("/auth_url")),
+            ("OS_APPLICATION_CREDENTIAL_ID", stack.get("/app_cred_id")),
+            (
+                "OS_APPLICATION_CREDENTIAL_SECRET",
+                stack.get("/app_cred_secret"),
+            ),
+        ],
+    )
+    .await;
+    let mut nowhere = image_build_for(
+        json!({"type": "openstack", "regions": ["RegionOne", "RegionThree"], "credentials": {"secretRef": {"name": "os"}}}),
+        OPENSTACK_TEMPLATE,
+    );
+    nowhere.metadata.name = Some("no-such-region".into());
+    api.create(&PostParams::default(), &nowhere)
+        .await
+        .expect("create");
+    let ib = wait_for(&api, "no-such-region", limit, &controller.log, |ib| {
+        has(ib, "Stalled", "InvalidRegion")
+    })
+    .await;
+    let (_, _, message) = reason_of(&ib, "Ready").expect("Ready");
+    assert!(
+        message.contains("'RegionThree'") && message.contains("RegionOne, RegionTwo"),
+        "{message}"
+    );
+
+    // DigitalOcean: Packer builds with a full token, while the token kiln
+    // reads may not tag (403). The snapshot is kept in the build, and
+    // recorded once the Secret is fixed: not lost, not built twice.
+    let cloud = DigitalOcean::new(&svc);
+    let readonly = svc.get("/readonly_token").to_owned();
+    env.aws_secret(
+        "images",
+        "do-mixed",
+        &[
+            ("DIGITALOCEAN_API_TOKEN", cloud.token.as_str()),
+            ("DIGITALOCEAN_TOKEN", readonly.as_str()),
+        ],
+    )
+    .await;
+    let mut mixed = image_build_for(
+        json!({"type": "digitalocean", "regions": ["nyc3"], "endpoint": cloud.api, "credentials": {"secretRef": {"name": "do-mixed"}}}),
+        DIGITALOCEAN_TEMPLATE,
+    );
+    mixed.metadata.name = Some("read-only".into());
+    api.create(&PostParams::default(), &mixed)
+        .await
+        .expect("create");
+    let ib = wait_for(&api, "read-only", BUILD_TIMEOUT, &controller.log, |ib| {
+        has(ib, "Stalled", "CredentialsInvalid")
+    })
+    .await;
+    let status = ib.status.clone().expect("status");
+    let kept = status
+        .current_build
+        .clone()
+        .expect("the build stays current");
+    let (_, _, message) = reason_of(&ib, "Ready").expect("Ready");
+    assert!(message.contains("lacks write scope"), "{message}");
+    assert!(!message.contains(&readonly), "{message}");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), "images")
+        .patch(
+            "do-mixed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"DIGITALOCEAN_TOKEN": cloud.token}})),
+        )
+        .await
+        .expect("fix the Secret");
+    let ib = wait_for(&api, "read-only", limit, &controller.log, is_ready).await;
+    let status = ib.status.expect("status");
+    let latest = status.latest_image.expect("latest");
+    assert_eq!(latest.build_id, kept.build_id, "the same build, recorded");
+    assert_eq!(status.history.len(), 1, "built once: {:?}", status.history);
+    let snapshot = cloud
+        .image(&latest.artifacts[0].image_id)
+        .await
+        .expect("snapshot");
+    assert!(
+        snapshot["tags"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("kiln:owner:images:read-only"))),
+        "{snapshot}"
+    );
+
+    // DigitalOcean: an exhausted rate limit is Reconciling, then passes.
+    let http = reqwest::Client::new();
+    let storm = |count: u32| {
+        let http = http.clone();
+        let url = format!("{}/ratelimit", cloud.control);
+        async move {
+            let r = http
+                .post(url)
+                .json(&json!({"count": count, "retry_after": 1}))
+                .send()
+                .await
+                .expect("control");
+            assert!(r.status().is_success());
+        }
+    };
+    env.aws_secret(
+        "images",
+        "do",
+        &[("DIGITALOCEAN_API_TOKEN", cloud.token.as_str())],
+    )
+    .await;
+    storm(100_000).await;
+    let mut limited = image_build_for(
+        json!({"type": "digitalocean", "regions": ["nyc3"], "endpoint": cloud.api, "credentials": {"secretRef": {"name": "do"}}}),
+        DIGITALOCEAN_TEMPLATE,
+    );
+    limited.metadata.name = Some("rate-limited".into());
+    api.create(&PostParams::default(), &limited)
+        .await
+        .expect("create");
+    let ib = wait_for(&api, "rate-limited", limit, &controller.log, |ib| {
+        has(ib, "Reconciling", "ProviderUnavailable")
+    })
+    .await;
+    let (_, _, message) = reason_of(&ib, "Ready").expect("Ready");
+    assert!(message.contains("rate limit"), "{message}");
+    assert!(!has(&ib, "Stalled", "ProviderUnavailable"));
+    storm(0).await;
+    wait_for(
+        &api,
+        "rate-limited",
+        BUILD_TIMEOUT,
+        &controller.log,
+        is_ready,
+    )
+    .await;
+}
