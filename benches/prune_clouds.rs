@@ -56,6 +56,12 @@ async fn kiln_prune(
 ) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
     let images = provider.list_owned(regions, NS, BUILD).await?;
+    eprintln!(
+        "kiln: listed {} images in {:.1}s ({} calls)",
+        images.len(),
+        started.elapsed().as_secs_f64(),
+        calls()
+    );
     let now = jiff::Timestamp::now();
     let rules = Rules {
         keep_last: KEEP,
@@ -179,6 +185,7 @@ impl Glance {
         let started = Instant::now();
         let mut calls = 0;
         let mut ids = Vec::new();
+        let listing = Instant::now();
         let mut next = Some(format!(
             "/v2/images?kiln_image_build={BUILD}&kiln_namespace={NS}&sort_key=created_at&sort_dir=desc&limit=100"
         ));
@@ -201,6 +208,11 @@ impl Glance {
             );
             next = page["next"].as_str().map(str::to_owned);
         }
+        eprintln!(
+            "baseline: listed {} images in {:.1}s ({calls} calls)",
+            ids.len(),
+            listing.elapsed().as_secs_f64()
+        );
         for id in ids.iter().skip(KEEP) {
             calls += 1;
             let r = self
@@ -231,46 +243,51 @@ impl Glance {
 }
 
 async fn openstack(count: usize, concurrency: Option<usize>) -> anyhow::Result<()> {
-    let stack = Service::openstack().await?;
-    let glance = Glance::new(&stack).await?;
-    let credentials = [
-        ("OS_AUTH_URL", stack.get("/auth_url")),
-        ("OS_APPLICATION_CREDENTIAL_ID", stack.get("/app_cred_id")),
-        (
-            "OS_APPLICATION_CREDENTIAL_SECRET",
-            stack.get("/app_cred_secret"),
-        ),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let regions = vec!["RegionOne".to_owned()];
-
-    eprintln!("openstack: seeding {count} images into Glance");
-    let t = Instant::now();
-    glance.seed(count).await?;
-    eprintln!("openstack: seeded in {:.1}s", t.elapsed().as_secs_f64());
-    let (calls, seconds) = glance.baseline().await?;
-    let base = Run {
-        calls,
-        seconds,
-        remaining: glance.remaining().await?,
+    // Each side on a fresh Glance: Glance keeps deleted images' rows, so a
+    // second run on the same database would be slower for that alone.
+    let base = {
+        let stack = Service::openstack().await?;
+        let glance = Glance::new(&stack).await?;
+        eprintln!("openstack: seeding {count} images into Glance");
+        let t = Instant::now();
+        glance.seed(count).await?;
+        eprintln!("openstack: seeded in {:.1}s", t.elapsed().as_secs_f64());
+        let (calls, seconds) = glance.baseline().await?;
+        Run {
+            calls,
+            seconds,
+            remaining: glance.remaining().await?,
+        }
     };
-
-    glance.seed(count - KEEP).await?;
-    let provider = Arc::new(OpenStack::from_credentials(None, &credentials));
-    let counter = provider.clone();
-    let (calls, seconds) = kiln_prune(
-        provider.clone(),
-        move || counter.api_calls(),
-        &regions,
-        concurrency,
-    )
-    .await?;
-    let ours = Run {
-        calls,
-        seconds,
-        remaining: glance.remaining().await?,
+    let ours = {
+        let stack = Service::openstack().await?;
+        let glance = Glance::new(&stack).await?;
+        glance.seed(count).await?;
+        let credentials = [
+            ("OS_AUTH_URL", stack.get("/auth_url")),
+            ("OS_APPLICATION_CREDENTIAL_ID", stack.get("/app_cred_id")),
+            (
+                "OS_APPLICATION_CREDENTIAL_SECRET",
+                stack.get("/app_cred_secret"),
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let provider = Arc::new(OpenStack::from_credentials(None, &credentials));
+        let counter = provider.clone();
+        let (calls, seconds) = kiln_prune(
+            provider.clone(),
+            move || counter.api_calls(),
+            &["RegionOne".to_owned()],
+            concurrency,
+        )
+        .await?;
+        Run {
+            calls,
+            seconds,
+            remaining: glance.remaining().await?,
+        }
     };
     report("OpenStack Glance", count, &base, &ours);
     Ok(())
@@ -288,7 +305,7 @@ struct Api {
 impl Api {
     /// `count` snapshots with kiln's owner tags, through the stand-in's
     /// control endpoint (seeding is not what is measured), each a second
-    /// apart.
+    /// apart, the first at `first` seconds.
     async fn seed(&self, count: usize, first: usize) -> anyhow::Result<()> {
         let base = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1000);
         let owner = kiln::provider::digitalocean::owner_tag(NS, BUILD);
@@ -374,7 +391,7 @@ impl Api {
     }
 }
 
-async fn digitalocean(count: usize, concurrency: Option<usize>) -> anyhow::Result<()> {
+async fn standin() -> anyhow::Result<(Service, Api)> {
     let svc = Service::digitalocean().await?;
     let api = Api {
         http: reqwest::Client::new(),
@@ -382,34 +399,43 @@ async fn digitalocean(count: usize, concurrency: Option<usize>) -> anyhow::Resul
         token: svc.get("/token").to_owned(),
         control: svc.get("/control_url").to_owned(),
     };
-    eprintln!("digitalocean: seeding {count} snapshots");
-    api.seed(count, 0).await?;
-    let (calls, seconds) = api.baseline().await?;
-    let base = Run {
-        calls,
-        seconds,
-        remaining: api.remaining().await?,
-    };
+    Ok((svc, api))
+}
 
-    api.seed(count - KEEP, count).await?;
-    let mut provider = DigitalOcean::new(&api.url, api.token.clone());
-    if std::env::var("BENCH_PACING").as_deref() != Ok("digitalocean") {
-        provider = provider.with_pacing(Pacing::UNLIMITED);
-    }
-    let provider = Arc::new(provider);
-    let counter = provider.clone();
-    let regions = vec!["nyc3".to_owned()];
-    let (calls, seconds) = kiln_prune(
-        provider.clone(),
-        move || counter.api_calls(),
-        &regions,
-        concurrency,
-    )
-    .await?;
-    let ours = Run {
-        calls,
-        seconds,
-        remaining: api.remaining().await?,
+async fn digitalocean(count: usize, concurrency: Option<usize>) -> anyhow::Result<()> {
+    // Each side on a fresh stand-in, as on a fresh Glance.
+    let base = {
+        let (_svc, api) = standin().await?;
+        eprintln!("digitalocean: seeding {count} snapshots");
+        api.seed(count, 0).await?;
+        let (calls, seconds) = api.baseline().await?;
+        Run {
+            calls,
+            seconds,
+            remaining: api.remaining().await?,
+        }
+    };
+    let ours = {
+        let (_svc, api) = standin().await?;
+        api.seed(count, 0).await?;
+        let mut provider = DigitalOcean::new(&api.url, api.token.clone());
+        if std::env::var("BENCH_PACING").as_deref() != Ok("digitalocean") {
+            provider = provider.with_pacing(Pacing::UNLIMITED);
+        }
+        let provider = Arc::new(provider);
+        let counter = provider.clone();
+        let (calls, seconds) = kiln_prune(
+            provider.clone(),
+            move || counter.api_calls(),
+            &["nyc3".to_owned()],
+            concurrency,
+        )
+        .await?;
+        Run {
+            calls,
+            seconds,
+            remaining: api.remaining().await?,
+        }
     };
     report("DigitalOcean stand-in", count, &base, &ours);
     Ok(())
