@@ -17,9 +17,9 @@ nothing in here knows about GCE's semantics, only about the document:
   `enum`, `pattern`, arrays, nested objects, maps (`additionalProperties`),
   and properties the schema does not declare (Discovery schemas list every
   property). In "request" mode it also applies `annotations.required` for the
-  method, accepts JSON null (proto3 JSON reads it as "unset") and ignores
-  output-only (`readOnly`) properties as the API does; in "response" mode null
-  is refused.
+  method and accepts JSON null (proto3 JSON reads it as "unset"); in
+  "response" mode null is refused. Output-only (`readOnly`) properties are
+  checked like the others in both modes (the API parses, then ignores them).
 
 Every check returns a list of `Problem`s; an empty list means valid.
 """
@@ -29,6 +29,7 @@ import binascii
 import json
 import re
 from datetime import datetime
+from urllib.parse import unquote
 
 INT_RANGES = {
     "int32": (-(2 ** 31), 2 ** 31 - 1),
@@ -71,23 +72,18 @@ def parse_rfc3339(text):
 
 
 def _b64_ok(text):
-    padded = text + "=" * (-len(text) % 4)
-    for decode in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            if decode is base64.b64decode:
-                decode(padded, validate=True)
-            elif re.fullmatch(r"[A-Za-z0-9_\-]*=*", padded):
-                decode(padded)
-            else:
-                continue
-            return True
-        except (binascii.Error, ValueError):
-            continue
-    return False
+    """Base64, standard or URL-safe alphabet, padding optional (as proto3 JSON reads bytes)."""
+    if not re.fullmatch(r"[A-Za-z0-9+/_\-]*={0,2}", text):
+        return False
+    try:
+        base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+        return True
+    except (binascii.Error, ValueError):
+        return False
 
 
 class Method:
-    def __init__(self, resource, name, raw, service_path):
+    def __init__(self, resource, name, raw):
         self.resource, self.name, self.raw = resource, name, raw
         self.id = raw["id"]
         self.verb = raw["httpMethod"]
@@ -142,7 +138,7 @@ class Discovery:
         def walk(resources, prefix):
             for rname, res in resources.items():
                 for mname, raw in res.get("methods", {}).items():
-                    m = Method(prefix + rname, mname, raw, self.service_path)
+                    m = Method(prefix + rname, mname, raw)
                     self.methods[m.id] = m
                     if m.segments is None:
                         self._greedy.append(m)
@@ -180,7 +176,7 @@ class Discovery:
             for n in m.path_param_names():
                 g = found.groupdict().get(_group(n))
                 if g is not None:
-                    params[n] = _unquote(g)
+                    params[n] = unquote(g)
             return m, params
         return None, sorted(set(other_verbs))
 
@@ -199,7 +195,8 @@ class Discovery:
         where = name
         if t == "integer":
             if not re.fullmatch(r"-?\d+", raw):
-                return [Problem(where, f"Invalid value '{raw}' for parameter '{name}': not an integer ({fmt or 'integer'})")]
+                return [Problem(where, f"Invalid value '{raw}' for parameter '{name}': not an integer "
+                                       f"({fmt or 'integer'})")]
             n = int(raw)
             lo, hi = INT_RANGES.get(fmt, (None, None))
             if lo is not None and not lo <= n <= hi:
@@ -294,8 +291,9 @@ class Discovery:
                 return Problem(where, f"Invalid value at '{where}' (TYPE_{fmt.upper()}), \"{value}\": out of range")
         elif fmt == "byte":
             if not _b64_ok(value):
-                return Problem(where, f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{value}\"")
-        elif fmt == "google-datetime" or fmt == "date-time":
+                return Problem(where, f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for "
+                                      f"\"{value}\"")
+        elif fmt in ("google-datetime", "date-time"):
             if parse_rfc3339(value) is None:
                 return Problem(where, f"Invalid value at '{where}' (type.googleapis.com/google.protobuf.Timestamp), "
                                       f"Field '{where}', Invalid time format: \"{value}\"")
@@ -330,10 +328,9 @@ class Discovery:
             for key, sub in value.items():
                 path = f"{where}.{key}"
                 if key in props:
-                    spec = props[key]
-                    if mode == "request" and spec.get("readOnly"):
-                        continue  # output only: the API ignores it in requests
-                    self._check(spec, sub, path, mode, method_id, problems, depth + 1)
+                    # Output-only (readOnly) properties are checked too: the
+                    # API parses them, then ignores them.
+                    self._check(props[key], sub, path, mode, method_id, problems, depth + 1)
                 elif extra is not None:
                     self._check(extra, sub, path, mode, method_id, problems, depth + 1)
                 else:
@@ -431,8 +428,3 @@ def _json_type(v):
     if isinstance(v, dict):
         return "an object"
     return type(v).__name__
-
-
-def _unquote(text):
-    from urllib.parse import unquote
-    return unquote(text)

@@ -88,7 +88,7 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: stopping.append(signum))
 
-    cmd = [a.python, "-u", os.path.join(HERE, "standin.py"), "--discovery", a.discovery, "--port", "0",
+    cmd = [a.python, "-u", "-B", os.path.join(HERE, "standin.py"), "--discovery", a.discovery, "--port", "0",
            "--project", a.project, "--state-dir", os.path.join(log_dir, "state"),
            "--operation-seconds", os.environ.get("STANDIN_OPERATION_SECONDS", "0.5"),
            "--ratelimit-429", os.environ.get("STANDIN_RATELIMIT_429", "0")]

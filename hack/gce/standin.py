@@ -33,6 +33,7 @@ import urllib.parse
 import uuid
 from datetime import datetime, timedelta, timezone
 
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from discovery import Discovery, Problem, parse_rfc3339  # noqa: E402
 from filters import FilterError, apply_fields, check_fields, matches, parse_fields, parse_filter  # noqa: E402
@@ -1316,7 +1317,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                     "https://cloud.google.com/docs/authentication", "required")
             raise ApiError(401, "Request is missing required authentication credential. Expected OAuth 2 access "
                                 "token, login cookie or other valid authentication credential. See "
-                                "https://developers.google.com/identity/sign-in/web/devconsole-project.", "required")
+                                "https://developers.google.com/identity/sign-in/web/devconsole-project.", "required",
+                           headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
         info = self.tokens.get(token)
         if info is None and token.count(".") == 2:
             info = self.self_signed(token)
@@ -1328,7 +1330,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def unauthenticated():
         return ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
                              "cookie or other valid authentication credential. See "
-                             "https://developers.google.com/identity/sign-in/web/devconsole-project.", "authError")
+                             "https://developers.google.com/identity/sign-in/web/devconsole-project.", "authError",
+                        headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
+                                                     'error="invalid_token"'})
 
     def self_signed(self, token):
         """A self-signed JWT used directly as the bearer token (what Google's
