@@ -47,9 +47,11 @@ if [ "$("$tools/helm" version --template '{{.Version}}' 2>/dev/null)" != "$helm_
 		"helm.sh/helm/v3/cmd/helm@$helm_version"
 fi
 
-# The clouds without an emulator: real Keystone and Glance (PyPI), and the
-# DigitalOcean stand-in behind Prism (npm); both pinned, both skip when done.
+# The clouds without an emulator: real Keystone and Glance (PyPI), the
+# DigitalOcean stand-in behind Prism (npm), and the Compute Engine stand-in's
+# Discovery document (checksum-pinned); each skips when done.
 "$here/openstack/setup.sh"
 "$here/digitalocean/setup.sh"
+"$here/gce/setup.sh"
 
 "$here/testenv.sh" >/dev/null

@@ -1,7 +1,9 @@
 //! The test services of the clouds without an emulator start on a fresh
 //! machine and answer as their clouds do: real Keystone and Glance for
-//! OpenStack, and the DigitalOcean stand-in, which refuses what DigitalOcean's
-//! published spec does not allow. The providers' own tests build on these.
+//! OpenStack, the DigitalOcean stand-in, which refuses what DigitalOcean's
+//! published spec does not allow, and the Compute Engine stand-in, which
+//! refuses what Google's Discovery document does not. The providers' own
+//! tests build on these.
 
 use kiln_testenv::Service;
 use serde_json::{Value, json};
@@ -126,4 +128,51 @@ async fn the_digitalocean_stand_in_answers_and_refuses_what_the_spec_forbids() {
         .await
         .expect("tags");
     assert_eq!(readonly.status(), 403);
+}
+
+#[tokio::test]
+async fn the_compute_engine_stand_in_answers_and_refuses_what_the_discovery_document_forbids() {
+    let gce = Service::gce().await.unwrap_or_else(|e| panic!("gce: {e}"));
+    kiln::install_crypto_provider();
+    let http = reqwest::Client::new();
+    // The API root keeps its trailing slash, as Google's clients expect.
+    let api = gce.get("/api_url").to_owned();
+    let project = gce.get("/project");
+    let token = gce.get("/token");
+    let zones = http
+        .get(format!("{api}projects/{project}/zones"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("zones");
+    assert_eq!(zones.status(), 200);
+    let zones: Value = zones.json().await.expect("JSON");
+    assert!(
+        zones["items"].as_array().is_some_and(|z| !z.is_empty()),
+        "{zones}"
+    );
+    let anonymous = http
+        .get(format!("{api}projects/{project}/global/images"))
+        .send()
+        .await
+        .expect("images");
+    assert_eq!(anonymous.status(), 401);
+    // A field the Image schema does not declare, and a value outside an
+    // enum, are refused as Compute Engine refuses them.
+    let undeclared = http
+        .post(format!("{api}projects/{project}/global/images"))
+        .bearer_auth(token)
+        .json(&json!({"name": "x", "sourceDisk": "zones/us-central1-a/disks/d", "colour": "red"}))
+        .send()
+        .await
+        .expect("insert");
+    assert_eq!(undeclared.status(), 400, "{:?}", undeclared.text().await);
+    let bad_enum = http
+        .post(format!("{api}projects/{project}/global/images/x/deprecate"))
+        .bearer_auth(token)
+        .json(&json!({"state": "RETIRED"}))
+        .send()
+        .await
+        .expect("deprecate");
+    assert_eq!(bad_enum.status(), 400, "{:?}", bad_enum.text().await);
 }

@@ -54,6 +54,15 @@ impl Service {
         .await
     }
 
+    /// The Compute Engine v1 stand-in, every request and response validated
+    /// against Google's Discovery document (`hack/gce`).
+    pub async fn gce() -> Result<Service, Error> {
+        Service::start("gce", |dir| {
+            vec!["--log-dir".into(), dir.display().to_string()]
+        })
+        .await
+    }
+
     async fn start(
         name: &'static str,
         args: impl FnOnce(&Path) -> Vec<String>,
