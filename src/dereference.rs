@@ -95,6 +95,9 @@ pub async fn inputs(
         Err(ProviderError::Unauthorized(message)) => {
             return Ok(Err(invalid(reasons::CREDENTIALS_INVALID, message)));
         }
+        Err(ProviderError::Misconfigured(message)) => {
+            return Ok(Err(invalid(reasons::PROVIDER_INVALID, message)));
+        }
         // The cloud cannot be asked now: say so, and try again.
         Err(e @ ProviderError::Api { .. }) => {
             return Ok(Err(InputProblem::Missing {

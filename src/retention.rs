@@ -129,7 +129,11 @@ pub async fn plan_policy(
             .await
         {
             Ok(images) => images,
-            Err(ProviderError::Invalid(message) | ProviderError::Unauthorized(message)) => {
+            Err(
+                ProviderError::Invalid(message)
+                | ProviderError::Unauthorized(message)
+                | ProviderError::Misconfigured(message),
+            ) => {
                 stalls.push(format!("ImageBuild {name}: {message}"));
                 continue;
             }
@@ -230,13 +234,21 @@ async fn act(
         RetentionAction::Delete => match provider.delete(&verdict.image).await {
             Ok(None) => Applied::Deleted,
             Ok(Some(note)) => Applied::DeletedPartly(note),
-            Err(ProviderError::Invalid(e) | ProviderError::Unauthorized(e)) => Applied::Refused(e),
+            Err(
+                ProviderError::Invalid(e)
+                | ProviderError::Unauthorized(e)
+                | ProviderError::Misconfigured(e),
+            ) => Applied::Refused(e),
             Err(e) => Applied::Failed(e.to_string()),
         },
         RetentionAction::Deprecate => match provider.deprecate(&verdict.image, now).await {
             Ok(None) => Applied::Deprecated,
             Ok(Some(note)) => Applied::Unsupported(note),
-            Err(ProviderError::Invalid(e) | ProviderError::Unauthorized(e)) => Applied::Refused(e),
+            Err(
+                ProviderError::Invalid(e)
+                | ProviderError::Unauthorized(e)
+                | ProviderError::Misconfigured(e),
+            ) => Applied::Refused(e),
             Err(e) => Applied::Failed(e.to_string()),
         },
     };

@@ -795,7 +795,8 @@ fn has(ib: &ImageBuild, type_: &str, reason: &str) -> bool {
 }
 
 /// Each cloud's bad input is a named condition, never a crash, and a built
-/// image is never lost: refused credentials and unknown regions stall; a
+/// image is never lost: refused credentials, an auth URL that is not
+/// Keystone and unknown regions stall; a
 /// token that may read but not tag keeps the build until the Secret is
 /// fixed, then records the same image; an exhausted rate limit is
 /// Reconciling until DigitalOcean answers again.
@@ -881,6 +882,27 @@ async fn bad_input_gives_named_conditions_and_loses_no_image() {
     let (_, _, message) = reason_of(&ib, "Ready").expect("Ready");
     assert!(
         message.contains("'RegionThree'") && message.contains("RegionOne, RegionTwo"),
+        "{message}"
+    );
+
+    // OpenStack: an auth URL that is not Keystone (here, Glance's).
+    let mut not_keystone = image_build_for(
+        json!({"type": "openstack", "regions": ["RegionOne"],
+               "endpoint": format!("{}/v3", stack.get("/glance/RegionOne")),
+               "credentials": {"secretRef": {"name": "os"}}}),
+        OPENSTACK_TEMPLATE,
+    );
+    not_keystone.metadata.name = Some("not-keystone".into());
+    api.create(&PostParams::default(), &not_keystone)
+        .await
+        .expect("create");
+    let ib = wait_for(&api, "not-keystone", limit, &controller.log, |ib| {
+        has(ib, "Stalled", "ProviderInvalid")
+    })
+    .await;
+    let (_, _, message) = reason_of(&ib, "Ready").expect("Ready");
+    assert!(
+        message.starts_with("spec.provider.endpoint:") && message.contains("not Keystone"),
         "{message}"
     );
 

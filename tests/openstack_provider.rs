@@ -189,6 +189,14 @@ fn invalid(result: Result<(), ProviderError>) -> String {
     }
 }
 
+/// Settings that cannot work: the ImageBuild stalls as ProviderInvalid.
+fn misconfigured(result: Result<(), ProviderError>) -> String {
+    match result {
+        Err(ProviderError::Misconfigured(m)) => m,
+        other => panic!("wanted Misconfigured, got {other:?}"),
+    }
+}
+
 /// Refused credentials: the ImageBuild stalls as CredentialsInvalid.
 fn unauthorized(result: Result<(), ProviderError>) -> String {
     match result {
@@ -294,7 +302,7 @@ async fn authenticates_checks_regions_and_claims_where_the_image_is() {
     // Something that is not Keystone: named as the setting it came from.
     let mut glance_as_keystone = cloud.app_credential();
     glance_as_keystone.insert("OS_AUTH_URL".into(), cloud.glance("RegionOne"));
-    let message = invalid(
+    let message = misconfigured(
         openstack::from_credentials(None, &glance_as_keystone)
             .check_regions(&regions)
             .await,
@@ -303,7 +311,7 @@ async fn authenticates_checks_regions_and_claims_where_the_image_is() {
         message.starts_with("OS_AUTH_URL:") && message.contains("not Keystone"),
         "{message}"
     );
-    let message = invalid(
+    let message = misconfigured(
         openstack::from_credentials(Some(format!("{root}/nowhere/v3")), &cloud.app_credential())
             .check_regions(&regions)
             .await,

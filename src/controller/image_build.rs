@@ -562,7 +562,11 @@ async fn finish(
         }
         // The credentials may not tag (a read-only token): the images are
         // built, so keep the build and its images until the Secret is fixed.
-        Err(ProviderError::Invalid(message) | ProviderError::Unauthorized(message)) => {
+        Err(
+            ProviderError::Invalid(message)
+            | ProviderError::Unauthorized(message)
+            | ProviderError::Misconfigured(message),
+        ) => {
             let images: Vec<String> = artifacts
                 .iter()
                 .map(|a| format!("{}={}", a.region, a.image_id))

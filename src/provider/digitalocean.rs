@@ -423,10 +423,10 @@ impl DigitalOcean {
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, ProviderError> {
-        let mut url = self.base.clone().map_err(ProviderError::Invalid)?;
+        let mut url = self.base.clone().map_err(ProviderError::Misconfigured)?;
         url.path_segments_mut()
             .map_err(|()| {
-                ProviderError::Invalid("the DigitalOcean API URL cannot take a path".into())
+                ProviderError::Misconfigured("the DigitalOcean API URL cannot take a path".into())
             })?
             .pop_if_empty()
             .extend(segments);
@@ -1101,7 +1101,7 @@ mod tests {
         );
         let d = from_credentials(Some("not a url".into()), &creds);
         match d.url(&["v2"]) {
-            Err(ProviderError::Invalid(m)) => {
+            Err(ProviderError::Misconfigured(m)) => {
                 assert!(m.starts_with("spec.provider.endpoint:"), "{m}")
             }
             other => panic!("{:?}", other.map(|u| u.to_string())),

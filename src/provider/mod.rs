@@ -36,6 +36,11 @@ pub enum ProviderError {
     /// The user must fix the spec (stall).
     #[error("{0}")]
     Invalid(String),
+    /// The provider's settings cannot work at this cloud: an endpoint that
+    /// is not its API (an auth URL that is not Keystone), a malformed URL,
+    /// a Secret without a setting the cloud needs (stall).
+    #[error("{0}")]
+    Misconfigured(String),
     /// The cloud refused the credentials, or they lack a right kiln needs
     /// (a 401, a 403): the user must fix the Secret (stall).
     #[error("{0}")]

@@ -704,7 +704,7 @@ pub fn from_credentials(endpoint: Option<String>, credentials: &Credentials) -> 
 
 impl OpenStack {
     /// See [`from_credentials`]. What is wrong with the credentials is
-    /// reported by every call, as [`ProviderError::Invalid`].
+    /// reported by every call, as [`ProviderError::Misconfigured`].
     pub fn from_credentials(endpoint: Option<String>, credentials: &Credentials) -> OpenStack {
         OpenStack {
             config: config(endpoint.as_deref(), credentials),
@@ -730,13 +730,13 @@ impl OpenStack {
     fn config(&self) -> Result<&Config, ProviderError> {
         self.config
             .as_ref()
-            .map_err(|e| ProviderError::Invalid(e.clone()))
+            .map_err(|e| ProviderError::Misconfigured(e.clone()))
     }
 
     fn http(&self) -> Result<&reqwest::Client, ProviderError> {
         self.http
             .as_ref()
-            .map_err(|e| ProviderError::Invalid(e.clone()))
+            .map_err(|e| ProviderError::Misconfigured(e.clone()))
     }
 
     /// Sends a request, again on 5xx, 429 (after its `Retry-After`) and
@@ -834,7 +834,7 @@ impl OpenStack {
                 other => other,
             })?;
         let not_keystone = |what: String| {
-            ProviderError::Invalid(format!(
+            ProviderError::Misconfigured(format!(
                 "{field}: {}/v3 is not Keystone's v3 API (POST {url} {what}); set {field} to the cloud's identity endpoint, such as https://keystone.example.com:5000/v3",
                 config.keystone
             ))
@@ -880,7 +880,7 @@ impl OpenStack {
         let body: TokenBody = serde_json::from_str(&answer.body)
             .map_err(|e| not_keystone(format!("answered something that is not a token: {e}")))?;
         let Some(project) = body.token.project else {
-            return Err(ProviderError::Invalid(format!(
+            return Err(ProviderError::Misconfigured(format!(
                 "Keystone gave the {} a token without a project, and Glance images belong to a project; add OS_PROJECT_ID or OS_PROJECT_NAME to {SECRET}",
                 config.auth.describe()
             )));

@@ -42,6 +42,9 @@ pub const PARENT_REGION_MISMATCH: &str = "ParentRegionMismatch";
 pub const CREDENTIALS_NOT_FOUND: &str = "CredentialsNotFound";
 /// The credentials Secret lacks a key or holds a bad value (stalled).
 pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+/// The provider's settings cannot work at this cloud (an auth URL that is
+/// not Keystone, a malformed API URL): the user must act.
+pub const PROVIDER_INVALID: &str = "ProviderInvalid";
 /// The provider could not be asked (unreachable, 5xx, its rate limit
 /// exhausted): retried.
 pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";
@@ -93,6 +96,7 @@ pub const ALL: &[&str] = &[
     CREDENTIALS_NOT_FOUND,
     CREDENTIALS_INVALID,
     PROVIDER_UNAVAILABLE,
+    PROVIDER_INVALID,
     BUILD_STARTED,
     BUILD_SUCCEEDED,
     EVALUATED,
