@@ -25,7 +25,7 @@ STAMP="$ROOT/stamp"
 PACKER_VERSION="${PACKER_VERSION:-v1.16.0}"
 declare -A PLUGIN_VERSION=(
   [amazon]="${PLUGIN_AMAZON_VERSION:-v1.8.1}"
-  [googlecompute]="${PLUGIN_GOOGLECOMPUTE_VERSION:-v1.1.6}"
+  [googlecompute]="${PLUGIN_GOOGLECOMPUTE_VERSION:-v1.2.7}"
   # Azure's v2.x tags are not valid Go module versions (the module path has no
   # /v2 suffix), so v1.4.5 is the newest the Go module proxy can give.
   [azure]="${PLUGIN_AZURE_VERSION:-v1.4.5}"
@@ -114,6 +114,8 @@ for p in $PLUGINS; do
   mv "$ROOT/build/packer-plugin-$p.tmp" "$ROOT/build/packer-plugin-$p"
   tb=$(elapsed "$t0")
   t1=$(now)
+  # drop other versions of this plugin so only the stamped one is offered
+  rm -rf "$ROOT/plugins/github.com/hashicorp/$p"
   "$ROOT/bin/packer" plugins install --path "$ROOT/build/packer-plugin-$p" "github.com/hashicorp/$p"
   TIMES+=("plugin $p $ver: build ${tb}s, install $(elapsed "$t1")s")
   rm -rf "$src" "$ROOT/build/packer-plugin-$p"
