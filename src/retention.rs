@@ -22,7 +22,7 @@ use crate::{
     api::{ImageBuild, ImageDecision, ImagePolicySpec, RetentionAction},
     dereference::{self, DereferenceError},
     image_build::decide::InputProblem,
-    provider::{ImageProvider, ProviderError},
+    provider::{Deprecation, DeprecationStage, ImageProvider, ProviderError},
 };
 
 /// Why a policy could not be evaluated at all (one build's problem is not
@@ -241,7 +241,10 @@ async fn act(
             ) => Applied::Refused(e),
             Err(e) => Applied::Failed(e.to_string()),
         },
-        RetentionAction::Deprecate => match provider.deprecate(&verdict.image, now).await {
+        RetentionAction::Deprecate | RetentionAction::Obsolete => match provider
+            .deprecate(&verdict.image, &deprecation(&verdict, now))
+            .await
+        {
             Ok(None) => Applied::Deprecated,
             Ok(Some(note)) => Applied::Unsupported(note),
             Err(
@@ -256,6 +259,19 @@ async fn act(
         build,
         verdict,
         applied,
+    }
+}
+
+/// What a deprecate or obsolete verdict asks of the provider.
+fn deprecation(verdict: &ImageVerdict, now: Timestamp) -> Deprecation {
+    Deprecation {
+        stage: match verdict.action {
+            RetentionAction::Obsolete => DeprecationStage::Obsolete,
+            _ => DeprecationStage::Deprecated,
+        },
+        at: now,
+        delete_at: verdict.delete_at,
+        replacement: verdict.replacement.clone(),
     }
 }
 

@@ -453,9 +453,12 @@ async fn only_the_image_builds_own_snapshots_are_listed_and_deleted() {
     assert_eq!(after.len(), want.len() - 2);
 
     assert_eq!(
-        d.deprecate(first, jiff::Timestamp::now())
-            .await
-            .expect("deprecate"),
+        d.deprecate(
+            first,
+            &kiln::provider::Deprecation::deprecated(jiff::Timestamp::now())
+        )
+        .await
+        .expect("deprecate"),
         Some("kept: DigitalOcean has no deprecation of its own".to_owned())
     );
     s.assert_within_spec().await;

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use kiln::{
     api::RegionArtifact,
     provider::{
-        ImageProvider, Owner, ProviderError,
+        Deprecation, ImageProvider, Owner, ProviderError,
         factory::Credentials,
         openstack::{self, OpenStack},
     },
@@ -538,7 +538,9 @@ async fn lists_hides_and_deletes_only_the_image_builds_own_images() {
     let web1 = listed[4].clone();
     assert_eq!(web1.name.as_deref(), Some("web-1"));
     assert_eq!(
-        os.deprecate(&web1, Timestamp::now()).await.expect("hidden"),
+        os.deprecate(&web1, &Deprecation::deprecated(Timestamp::now()))
+            .await
+            .expect("hidden"),
         None
     );
     let query = "tag=kiln&kiln_image_build=web";
@@ -558,7 +560,9 @@ async fn lists_hides_and_deletes_only_the_image_builds_own_images() {
     assert!(hidden.deprecated);
     assert_eq!(listed.len(), 5);
     assert_eq!(
-        os.deprecate(hidden, Timestamp::now()).await.expect("again"),
+        os.deprecate(hidden, &Deprecation::deprecated(Timestamp::now()))
+            .await
+            .expect("again"),
         None
     );
 
@@ -607,7 +611,9 @@ async fn lists_hides_and_deletes_only_the_image_builds_own_images() {
         "newest first"
     );
     for image in many.iter().take(25) {
-        os.deprecate(image, Timestamp::now()).await.expect("hidden");
+        os.deprecate(image, &Deprecation::deprecated(Timestamp::now()))
+            .await
+            .expect("hidden");
     }
     let small_pages = cloud.provider().with_page_size(7);
     let many = small_pages

@@ -388,6 +388,7 @@ fn action(a: RetentionAction) -> &'static str {
     match a {
         RetentionAction::Keep => "keep",
         RetentionAction::Deprecate => "deprecate",
+        RetentionAction::Obsolete => "obsolete",
         RetentionAction::Delete => "delete",
     }
 }

@@ -522,6 +522,7 @@ impl ImageProvider for Aws {
             cloud: "AWS",
             ownership: true,
             deprecation: true,
+            obsolescence: false,
             pacing: self.pacing,
         }
     }
@@ -786,7 +787,7 @@ impl ImageProvider for Aws {
     fn deprecate<'a>(
         &'a self,
         image: &'a ImageInfo,
-        at: Timestamp,
+        deprecation: &'a super::Deprecation,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move {
             if image.deprecated {
@@ -794,7 +795,7 @@ impl ImageProvider for Aws {
             }
             self.forget_listing(&image.region);
             let client = self.client(&image.region).await;
-            let when = aws_sdk_ec2::primitives::DateTime::from_secs(at.as_second());
+            let when = aws_sdk_ec2::primitives::DateTime::from_secs(deprecation.at.as_second());
             match with_backoff(self, &image.region, "EnableImageDeprecation", &[], || {
                 client
                     .enable_image_deprecation()
@@ -889,6 +890,9 @@ fn image_info(region: &str, image: &aws_sdk_ec2::types::Image) -> Option<ImageIn
         keep: tags.contains_key(tags::KEEP),
         tags,
         deprecated,
+        obsolete: false,
+        end_of_life: None,
+        delete_blocked: false,
         dependents: snapshots,
     })
 }

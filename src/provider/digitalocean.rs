@@ -767,6 +767,9 @@ fn image_infos(
         keep: tags.iter().any(|t| t == tags::KEEP),
         tags: tags.iter().map(|t| (t.clone(), String::new())).collect(),
         deprecated: false,
+        obsolete: false,
+        end_of_life: None,
+        delete_blocked: false,
         dependents: Vec::new(),
     });
     let present = image.regions;
@@ -787,6 +790,7 @@ impl ImageProvider for DigitalOcean {
             cloud: "DigitalOcean",
             ownership: true,
             deprecation: false,
+            obsolescence: false,
             pacing: self.pacing,
         }
     }
@@ -932,7 +936,7 @@ impl ImageProvider for DigitalOcean {
     fn deprecate<'a>(
         &'a self,
         _image: &'a ImageInfo,
-        _at: Timestamp,
+        _: &'a super::Deprecation,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async {
             Ok(Some(

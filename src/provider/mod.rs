@@ -2,8 +2,10 @@
 //! made them. One module per provider.
 
 pub mod aws;
+pub mod azure;
 pub mod digitalocean;
 pub mod factory;
+pub mod gcp;
 pub mod http;
 pub mod openstack;
 pub mod pace;
@@ -134,8 +136,11 @@ pub struct Capabilities {
     /// kiln records its ownership on images there, lists and deletes them.
     pub ownership: bool,
     /// The cloud deprecates images itself (EC2's deprecation time; GCE's
-    /// DEPRECATED state; Glance's `os_hidden`).
+    /// DEPRECATED state; Glance's `os_hidden`; Azure's `excludeFromLatest`).
     pub deprecation: bool,
+    /// The cloud has a stage after deprecation that refuses new instances
+    /// (GCE's OBSOLETE).
+    pub obsolescence: bool,
     /// How hard retention may drive it (the provider itself holds each call
     /// to the rate; retention keeps `concurrency` in flight per region).
     pub pacing: Pacing,
@@ -154,6 +159,12 @@ impl Capabilities {
         if policy.deprecate_after.is_some() && !self.deprecation {
             return Some(format!(
                 "spec.deprecateAfter: {} has no deprecation of its own; remove spec.deprecateAfter (superseded images are deleted after spec.deleteAfter)",
+                self.cloud
+            ));
+        }
+        if policy.obsolete_after.is_some() && !self.obsolescence {
+            return Some(format!(
+                "spec.obsoleteAfter: {} has no OBSOLETE stage (only GCP has); remove spec.obsoleteAfter",
                 self.cloud
             ));
         }
@@ -179,6 +190,41 @@ impl Claimed {
             note: None,
         }
     }
+}
+
+/// How far to take an image towards its end: the stage, when it began, and
+/// what the provider records with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecation {
+    /// Deprecated, or further: obsolete.
+    pub stage: DeprecationStage,
+    /// When the stage takes effect.
+    pub at: Timestamp,
+    /// When kiln will delete the image (Azure's `endOfLifeDate`), if planned.
+    pub delete_at: Option<Timestamp>,
+    /// The image that replaces it (GCE's `replacement`), by image ID.
+    pub replacement: Option<String>,
+}
+
+impl Deprecation {
+    /// Deprecated as of `at`, with nothing else to record.
+    pub fn deprecated(at: Timestamp) -> Deprecation {
+        Deprecation {
+            stage: DeprecationStage::Deprecated,
+            at,
+            delete_at: None,
+            replacement: None,
+        }
+    }
+}
+
+/// The stages of an image's end before deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeprecationStage {
+    /// Still usable; users are steered to the replacement.
+    Deprecated,
+    /// No new instances (GCE's OBSOLETE).
+    Obsolete,
 }
 
 /// What kiln does with images at a provider.
@@ -247,12 +293,12 @@ pub trait ImageProvider: Send + Sync {
         Box::pin(async { Ok(Vec::new()) })
     }
 
-    /// Marks an image deprecated as of `at`, where the provider can; returns a
-    /// note (and leaves the image as it is) where it cannot.
+    /// Takes an image to a deprecation stage, where the provider can; returns
+    /// a note (and leaves the image as it is) where it cannot.
     fn deprecate<'a>(
         &'a self,
         image: &'a ImageInfo,
-        at: Timestamp,
+        deprecation: &'a Deprecation,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>>;
 }
 
@@ -272,6 +318,7 @@ impl ImageProvider for Unverified {
             cloud: self.0,
             ownership: false,
             deprecation: false,
+            obsolescence: false,
             pacing: Pacing::default(),
         }
     }
@@ -324,7 +371,7 @@ impl ImageProvider for Unverified {
     fn deprecate<'a>(
         &'a self,
         _: &'a ImageInfo,
-        _: Timestamp,
+        _: &'a Deprecation,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move { Err(unsupported(self.0, "deprecate")) })
     }
@@ -353,6 +400,7 @@ mod tests {
             cloud: "DigitalOcean",
             ownership: true,
             deprecation: false,
+            obsolescence: false,
             pacing: Pacing::default(),
         };
         assert_eq!(without.refuses(&policy(None)), None);

@@ -646,6 +646,9 @@ fn image_info(region: &str, image: &Image) -> ImageInfo {
         keep: properties::keep(&properties, &image.tags, image.protected),
         tags,
         deprecated: image.os_hidden,
+        obsolete: false,
+        end_of_life: None,
+        delete_blocked: false,
         dependents: vec![],
     }
 }
@@ -1095,6 +1098,7 @@ impl ImageProvider for OpenStack {
             cloud: "OpenStack",
             ownership: true,
             deprecation: true,
+            obsolescence: false,
             // Glance documents no request limits (an operator may put a rate
             // limiter in front; its 429s are retried after Retry-After), so
             // calls are not paced.
@@ -1271,7 +1275,7 @@ impl ImageProvider for OpenStack {
     fn deprecate<'a>(
         &'a self,
         image: &'a ImageInfo,
-        _at: Timestamp,
+        _: &'a super::Deprecation,
     ) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move {
             const OPERATION: &str = "PATCH /v2/images/{id}";

@@ -71,6 +71,16 @@ use super::common::{Duration, conditions_schema};
         "rule": "!has(self.deprecateAfter) || !has(self.deleteAfter) || duration(self.deprecateAfter) < duration(self.deleteAfter)",
         "message": "spec.deprecateAfter must be shorter than spec.deleteAfter: images are deprecated first, deleted later",
         "fieldPath": ".deprecateAfter"
+    },
+    {
+        "rule": "!has(self.obsoleteAfter) || (has(self.deleteAfter) && duration(self.obsoleteAfter) < duration(self.deleteAfter))",
+        "message": "spec.obsoleteAfter needs a longer spec.deleteAfter: images become obsolete first, are deleted later",
+        "fieldPath": ".obsoleteAfter"
+    },
+    {
+        "rule": "!has(self.obsoleteAfter) || !has(self.deprecateAfter) || duration(self.deprecateAfter) < duration(self.obsoleteAfter)",
+        "message": "spec.deprecateAfter must be shorter than spec.obsoleteAfter: DEPRECATED comes before OBSOLETE",
+        "fieldPath": ".obsoleteAfter"
     }
 ]))]
 pub struct ImagePolicySpec {
@@ -106,6 +116,13 @@ pub struct ImagePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("pattern" = super::common::DURATION_PATTERN))]
     pub deprecate_after: Option<Duration>,
+
+    /// Where the provider has an obsolete stage (GCP): mark a superseded
+    /// image OBSOLETE (no new instances from it) this long after it was
+    /// superseded. Needs deleteAfter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = super::common::DURATION_PATTERN))]
+    pub obsolete_after: Option<Duration>,
 
     /// Delete a superseded image this long after it was superseded.
     /// Unset: delete at once.
@@ -298,6 +315,8 @@ pub enum RetentionAction {
     Keep,
     /// Mark it deprecated at the provider.
     Deprecate,
+    /// Mark it obsolete at the provider (GCE's OBSOLETE: no new instances).
+    Obsolete,
     /// Delete it and its snapshots.
     Delete,
 }

@@ -41,6 +41,14 @@ pub struct ImageInfo {
     pub tags: BTreeMap<String, String>,
     /// Already deprecated at the provider.
     pub deprecated: bool,
+    /// Already obsolete at the provider (GCE's OBSOLETE: no new instances).
+    pub obsolete: bool,
+    /// When the image's life ends, as the provider records it (Azure's
+    /// `endOfLifeDate`).
+    pub end_of_life: Option<Timestamp>,
+    /// The provider refuses to delete the image before `end_of_life` (Azure's
+    /// `safetyProfile.blockDeletionBeforeEndOfLife`).
+    pub delete_blocked: bool,
     /// What is deleted with the image (EBS snapshots, GCE disks), by ID.
     pub dependents: Vec<String>,
 }
@@ -83,6 +91,8 @@ pub struct Rules {
     pub pinned_images: BTreeSet<String>,
     /// Deprecate this long after being superseded.
     pub deprecate_after: Option<Duration>,
+    /// Mark obsolete (GCE) this long after being superseded.
+    pub obsolete_after: Option<Duration>,
     /// Delete this long after being superseded; `None` deletes at once.
     pub delete_after: Option<Duration>,
 }
@@ -105,6 +115,12 @@ pub struct ImageVerdict {
     pub action: RetentionAction,
     /// Why, in words.
     pub reason: String,
+    /// The newest image of the build in the region, which replaces this one
+    /// (GCE's `replacement`); `None` for the newest itself.
+    pub replacement: Option<String>,
+    /// When a superseded image is to be deleted (`deleteAfter` after it was
+    /// superseded): Azure's `endOfLifeDate`.
+    pub delete_at: Option<Timestamp>,
 }
 
 /// Plans that the planner refuses to make.
@@ -182,18 +198,16 @@ pub fn plan(
         list.dedup_by(|a, b| a.image_id == b.image_id);
         let start = out.len();
         for (i, image) in list.iter().enumerate() {
-            let (action, reason) = verdict(
-                image,
-                i,
-                i.checked_sub(1).map(|newer| list[newer]),
-                rules,
-                protection,
-                now,
-            );
+            let newer = i.checked_sub(1).map(|newer| list[newer]);
+            let (action, reason) = verdict(image, i, newer, rules, protection, now);
             out.push(ImageVerdict {
                 image: (*image).clone(),
                 action,
                 reason,
+                replacement: (i > 0).then(|| list[0].image_id.clone()),
+                delete_at: newer
+                    .zip(rules.delete_after)
+                    .and_then(|(n, after)| n.created_at.checked_add(after).ok()),
             });
         }
         if out[start..]
@@ -220,7 +234,8 @@ fn keep_what_another_region_keeps(verdicts: &mut [ImageVerdict]) {
             let rank = |a: RetentionAction| match a {
                 RetentionAction::Keep => 0,
                 RetentionAction::Deprecate => 1,
-                RetentionAction::Delete => 2,
+                RetentionAction::Obsolete => 2,
+                RetentionAction::Delete => 3,
             };
             let entry = acc
                 .entry(v.image.image_id.clone())
@@ -256,7 +271,7 @@ fn verdict(
     protection: &Protection,
     now: Timestamp,
 ) -> (RetentionAction, String) {
-    use RetentionAction::{Delete, Deprecate, Keep};
+    use RetentionAction::{Delete, Deprecate, Keep, Obsolete};
     if protection.latest.contains(&image.image_id) {
         return (Keep, "latest image of the ImageBuild".into());
     }
@@ -306,22 +321,42 @@ fn verdict(
         human(superseded_for),
         rules.keep_last
     );
+    let staged = |superseded: String| match (rules.obsolete_after, rules.deprecate_after) {
+        (Some(obs), _) if superseded_for >= obs => (
+            Obsolete,
+            format!("{superseded}; obsolete after {}", human(obs)),
+        ),
+        (_, Some(dep)) if superseded_for >= dep => (
+            Deprecate,
+            format!("{superseded}; deprecated after {}", human(dep)),
+        ),
+        _ => (Keep, superseded),
+    };
     match rules.delete_after {
-        Some(after) if superseded_for < after => match rules.deprecate_after {
-            Some(dep) if superseded_for >= dep => (
-                Deprecate,
-                format!(
-                    "{superseded}; deprecated after {}, deleted after {}",
-                    human(dep),
-                    human(after)
-                ),
-            ),
-            _ => (
-                Keep,
-                format!("{superseded}; deleted after {}", human(after)),
-            ),
+        Some(after) if superseded_for < after => {
+            let (action, reason) = staged(superseded);
+            let sep = if action == Keep { ";" } else { "," };
+            (
+                action,
+                format!("{reason}{sep} deleted after {}", human(after)),
+            )
+        }
+        _ => match image
+            .end_of_life
+            .filter(|eol| image.delete_blocked && *eol > now)
+        {
+            // The provider would refuse the delete; kiln asks only when it can succeed.
+            Some(eol) => {
+                let (action, reason) = staged(superseded);
+                (
+                    action,
+                    format!(
+                        "{reason}; the provider blocks its deletion until its end of life {eol} (blockDeletionBeforeEndOfLife)"
+                    ),
+                )
+            }
+            None => (Delete, superseded),
         },
-        _ => (Delete, superseded),
     }
 }
 
@@ -348,6 +383,9 @@ mod tests {
             keep: false,
             tags: BTreeMap::new(),
             deprecated: false,
+            obsolete: false,
+            end_of_life: None,
+            delete_blocked: false,
             dependents: vec![],
         }
     }
@@ -459,6 +497,62 @@ mod tests {
     }
 
     #[test]
+    fn gce_stages_deprecated_then_obsolete_then_deleted_with_the_newest_as_replacement() {
+        let images = vec![
+            image("global", "img-0", 30, true),
+            image("global", "img-1", 90, true),
+            image("global", "img-2", 200, true),
+            image("global", "img-3", 300, true),
+        ];
+        let r = Rules {
+            keep_last: 1,
+            deprecate_after: Some(Duration::from_secs(20 * 60)),
+            obsolete_after: Some(Duration::from_secs(60 * 60)),
+            delete_after: Some(Duration::from_secs(150 * 60)),
+            ..Default::default()
+        };
+        let p = plan(NS, NAME, &images, &r, &Protection::default(), now()).expect("plan");
+        use RetentionAction::*;
+        // img-1 superseded 30 minutes ago, img-2 90, img-3 200.
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("img-0", Keep),
+                ("img-1", Deprecate),
+                ("img-2", Obsolete),
+                ("img-3", Delete)
+            ]
+        );
+        assert_eq!(p[0].replacement, None);
+        assert!(p[1..].iter().all(|v| v.replacement.as_deref() == Some("img-0")));
+        // Deleted deleteAfter after the next newer image appeared.
+        assert_eq!(
+            p[2].delete_at,
+            Some(images[1].created_at + jiff::SignedDuration::from_mins(150))
+        );
+        assert!(p[2].reason.contains("obsolete after 1h, deleted after 2h"), "{}", p[2].reason);
+    }
+
+    #[test]
+    fn an_image_blocked_from_deletion_is_kept_until_its_end_of_life_and_the_plan_says_so() {
+        let mut blocked = image("westeurope", "v-2", 300, true);
+        blocked.delete_blocked = true;
+        blocked.end_of_life = Some(now() + jiff::SignedDuration::from_hours(24));
+        let mut past = image("westeurope", "v-3", 400, true);
+        past.delete_blocked = true;
+        past.end_of_life = Some(now() - jiff::SignedDuration::from_hours(1));
+        let images = vec![image("westeurope", "v-0", 10, true), blocked, past];
+        let p = plan(NS, NAME, &images, &rules(1), &Protection::default(), now()).expect("plan");
+        use RetentionAction::*;
+        assert_eq!(actions(&p), vec![("v-0", Keep), ("v-2", Keep), ("v-3", Delete)]);
+        assert!(
+            p[1].reason.contains("blocks its deletion until its end of life 2026-11-23T12:00:00Z"),
+            "{}",
+            p[1].reason
+        );
+    }
+
+    #[test]
     fn an_image_in_several_regions_goes_only_where_every_region_lets_it() {
         // One snapshot (same ID) in two regions; in ams3 a newer one has
         // not arrived yet, so there it is still among the newest two.
@@ -527,10 +621,12 @@ mod tests {
     }
 
     prop_compose! {
-        fn arb_image()(region in 0..3u8, id in 0..40u16, minutes in 0..10_000i64, owned in prop::bool::weighted(0.8), keep in prop::bool::weighted(0.1), deprecated in any::<bool>()) -> ImageInfo {
+        fn arb_image()(region in 0..3u8, id in 0..40u16, minutes in 0..10_000i64, owned in prop::bool::weighted(0.8), keep in prop::bool::weighted(0.1), deprecated in any::<bool>(), end_of_life in prop::option::of(-5_000..5_000i64)) -> ImageInfo {
             let mut i = image(&format!("region-{region}"), &format!("ami-{id:04}"), minutes, owned);
             i.keep = keep;
             i.deprecated = deprecated;
+            i.end_of_life = end_of_life.map(|m| now() + jiff::SignedDuration::from_mins(m));
+            i.delete_blocked = end_of_life.is_some();
             i
         }
     }
@@ -584,6 +680,10 @@ mod tests {
                 {
                     // Nothing younger than minAge is deleted.
                     prop_assert!(age(now(), d.image.created_at) >= min);
+                }
+                if d.action == RetentionAction::Delete && d.image.delete_blocked {
+                    // Nothing the provider blocks is deleted before its end of life.
+                    prop_assert!(d.image.end_of_life.is_some_and(|eol| eol <= now()));
                 }
             }
             // Never fewer than keepLast remain per region.

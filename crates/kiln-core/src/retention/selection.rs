@@ -18,6 +18,7 @@ pub fn rules(spec: &ImagePolicySpec) -> Rules {
         pinned_builds: protect.build_ids.into_iter().collect(),
         pinned_images: protect.image_ids.into_iter().collect(),
         deprecate_after: spec.deprecate_after.map(Into::into),
+        obsolete_after: spec.obsolete_after.map(Into::into),
         delete_after: spec.delete_after.map(Into::into),
     }
 }

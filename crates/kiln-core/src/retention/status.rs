@@ -184,10 +184,15 @@ pub fn recovered(pending: &ImageDecision) -> Outcome {
                 keep: false,
                 tags: Default::default(),
                 deprecated: false,
+                obsolete: false,
+                end_of_life: None,
+                delete_blocked: false,
                 dependents: Vec::new(),
             },
             action: RetentionAction::Delete,
             reason: format!("{}; deleted by an interrupted evaluation", pending.reason),
+            replacement: None,
+            delete_at: None,
         },
         applied: Applied::Deleted,
     }
@@ -255,8 +260,8 @@ pub fn evaluated(
                 format!("{reason}; {note}"),
             )),
             Applied::Deprecated => {
-                new.deprecated
-                    .push(record(o, RetentionAction::Deprecate, reason));
+                // Obsolete images are listed with the deprecated, under their own action.
+                new.deprecated.push(record(o, o.verdict.action, reason));
             }
             Applied::Unsupported(note) => new.retained.push(record(
                 o,
@@ -408,10 +413,15 @@ mod tests {
                     keep: false,
                     tags: Default::default(),
                     deprecated: false,
+                    obsolete: false,
+                    end_of_life: None,
+                    delete_blocked: false,
                     dependents: vec![],
                 },
                 action,
                 reason: "because".into(),
+                replacement: None,
+                delete_at: None,
             },
             applied,
         }
