@@ -48,10 +48,12 @@ if [ "$("$tools/helm" version --template '{{.Version}}' 2>/dev/null)" != "$helm_
 fi
 
 # The clouds without an emulator: real Keystone and Glance (PyPI), the
-# DigitalOcean stand-in behind Prism (npm), and the Compute Engine stand-in's
-# Discovery document (checksum-pinned); each skips when done.
+# DigitalOcean stand-in behind Prism (npm), the Compute Engine stand-in's
+# Discovery document (checksum-pinned), and azure-mgmt-compute for the Azure
+# stand-in (PyPI, into the venv above); each skips when done.
 "$here/openstack/setup.sh"
 "$here/digitalocean/setup.sh"
 "$here/gce/setup.sh"
+"$here/azure/setup.sh"
 
 "$here/testenv.sh" >/dev/null

@@ -63,6 +63,16 @@ impl Service {
         .await
     }
 
+    /// The Azure Resource Manager stand-in (Compute Gallery image versions,
+    /// managed images, Entra ID tokens), every request and response validated
+    /// against Azure's Swagger or the azure-mgmt-compute SDK (`hack/azure`).
+    pub async fn azure() -> Result<Service, Error> {
+        Service::start("azure", |dir| {
+            vec!["--log-dir".into(), dir.display().to_string()]
+        })
+        .await
+    }
+
     async fn start(
         name: &'static str,
         args: impl FnOnce(&Path) -> Vec<String>,
