@@ -2,12 +2,13 @@
 
 Two sources, one result (a `Catalog`):
 
-* Swagger 2.0 (`from_swagger`): Azure's published resource-manager spec for
-  the Compute Gallery, GalleryRP 2024-03-03, read at run time from
+* Swagger 2.0 (`from_swagger`): Azure's published resource-manager specs for
+  the Compute Gallery, GalleryRP 2024-03-03, and for Microsoft.Resources
+  2025-04-01 (only `Providers_Get` is taken from it), read at run time from
   $KILN_AZURE_SPECS, <repo>/../shared/specs/azure or
   $KILN_CACHE_DIR/specs/azure (never copied into the repository).
-* The Python SDK (`from_sdk`): `azure-mgmt-compute`, which AutoRest generates
-  from the same Swagger. Its source is read with `ast` (never imported):
+* The Python SDKs (`from_sdk`, `from_resource_sdk`): `azure-mgmt-compute` and
+  `azure-mgmt-resource`, which AutoRest generates from the same Swaggers. Its source is read with `ast` (never imported):
   models' `_attribute_map` (wire key -> msrest type), `_validation`
   (required, readonly, constraints), the `__init__` annotations that name
   enum classes, the enum classes' values, and the operations' request
@@ -43,6 +44,13 @@ import sys
 GALLERY_API = "2024-03-03"
 SDK_PACKAGE = "azure-mgmt-compute"
 SDK_PIN = "37.1.0"  # hack/azure/requirements.txt
+RESOURCES_API = "2025-04-01"
+RESOURCE_SDK_PACKAGE = "azure-mgmt-resource"
+RESOURCE_SDK_PIN = "25.0.0"  # hack/azure/requirements.txt
+# The operations of Microsoft.Resources the stand-in takes from its schemas
+# (the rest of resources.json, generic paths such as Resources_Get among
+# them, would swallow every unknown path).
+RESOURCES_OPERATIONS = ("Providers_Get",)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -87,11 +95,25 @@ GALLERY_ORIGINAL = ("specification/compute/resource-manager/Microsoft.Compute/Ga
                     "2024-03-03/GalleryRP.json")
 
 
+RESOURCES_BUNDLED = "bundled/resources-2025-04-01.bundled.json"
+RESOURCES_ORIGINAL = ("specification/resources/resource-manager/Microsoft.Resources/resources/stable/"
+                      "2025-04-01/resources.json")
+
+
 def find_gallery_spec():
     """(path, how) of the GalleryRP Swagger, or (None, reasons)."""
+    return find_spec(GALLERY_BUNDLED, GALLERY_ORIGINAL)
+
+
+def find_resources_spec():
+    """(path, how) of the Microsoft.Resources Swagger, or (None, reasons)."""
+    return find_spec(RESOURCES_BUNDLED, RESOURCES_ORIGINAL)
+
+
+def find_spec(bundled, original):
     tried = []
     for how, d in spec_dirs():
-        for rel in (GALLERY_BUNDLED, GALLERY_ORIGINAL):
+        for rel in (bundled, original):
             p = os.path.normpath(os.path.join(d, rel))
             if os.path.isfile(p):
                 return p, how
@@ -233,13 +255,13 @@ class _SwaggerConverter:
         s["required"] = bool(p.get("required"))
         return p, s
 
-    def operations(self):
+    def operations(self, only=None):
         doc = self.refs.load(self.path)
         version = doc["info"]["version"]
         for path, item in doc["paths"].items():
             common = item.get("parameters", [])
             for method, op in item.items():
-                if method == "parameters":
+                if method == "parameters" or (only and op["operationId"] not in only):
                     continue
                 o = {"id": op["operationId"], "method": method.upper(), "path": path, "api_version": version,
                      "params": {"path": {}, "query": {}, "header": {}}, "body": None, "body_required": False,
@@ -261,25 +283,28 @@ class _SwaggerConverter:
                 self.cat.operations.append(o)
 
 
-def from_swagger(path, how=""):
+def from_swagger(path, how="", only=None):
+    """The operations of one Swagger file (those named in `only`, if given)
+    and the models they use."""
     shown = os.path.dirname(os.path.dirname(os.path.abspath(path))) if "/bundled/" in path else path
     cat = Catalog(f"spec files {shown}")
     cat.source_detail = {"kind": "swagger", "path": os.path.abspath(path), "found_via": how}
-    _SwaggerConverter(path, cat).operations()
+    _SwaggerConverter(path, cat).operations(only)
     return cat
 
 
 # ---------------------------------------------------------------- SDK
 
 
-def find_sdk():
-    """The installed azure/mgmt/compute directory and its version, or (None, None)."""
+def find_sdk(where=("azure", "mgmt", "compute"), env="KILN_AZURE_SDK_DIR"):
+    """The installed SDK directory (azure/mgmt/compute, or where) and its
+    version, or (None, None)."""
     cands = []
-    if os.environ.get("KILN_AZURE_SDK_DIR"):
-        cands.append(os.environ["KILN_AZURE_SDK_DIR"])
+    if env and os.environ.get(env):
+        cands.append(os.environ[env])
     for p in sys.path:
-        cands.append(os.path.join(p, "azure", "mgmt", "compute"))
-    cands += glob.glob(os.path.join(cache_dir(), "venv", "lib", "python3*", "site-packages", "azure", "mgmt", "compute"))
+        cands.append(os.path.join(p, *where))
+    cands += glob.glob(os.path.join(cache_dir(), "venv", "lib", "python3*", "site-packages", *where))
     for c in cands:
         if os.path.isfile(os.path.join(c, "_version.py")) and os.path.isdir(os.path.join(c, "operations")):
             m = re.search(r'VERSION\s*=\s*"([^"]+)"', open(os.path.join(c, "_version.py")).read())
@@ -311,9 +336,11 @@ def _lit(node):
 
 
 class _SdkReader:
-    def __init__(self, root, cat):
+    def __init__(self, root, cat, package=SDK_PACKAGE, error_model="ApiError"):
         self.root = root
         self.cat = cat
+        self.package = package
+        self.error_model = error_model  # the model of ARM's {"error": ...}
         self.classes = {}   # name -> {"bases", "attribute_map", "validation", "enums": {attr: enumname}}
         self.enums = {}     # name -> [values]
         self._load_models()
@@ -334,7 +361,7 @@ class _SdkReader:
                 # read-only attributes are no constructor arguments: their enum
                 # class is named only in the docstring's ":vartype x: str or ~...Enum"
                 for attr, names in re.findall(r":vartype (\w+): ([^\n]+)", ast.get_docstring(cls) or ""):
-                    found = re.findall(r"~azure\.mgmt\.compute\.models\.(\w+)", names)
+                    found = re.findall(r"~azure\.mgmt\.(?:\w+\.)*?models\.(\w+)", names)
                     if found:
                         info["enums"][attr] = found
                 for s in cls.body:
@@ -374,7 +401,7 @@ class _SdkReader:
         if name in self.cat.models:
             return
         if name not in self.classes:
-            raise SchemaError(f"{SDK_PACKAGE}: no model class {name}")
+            raise SchemaError(f"{self.package}: no model class {name}")
         self.cat.models[name] = {"type": "object", "title": name, "properties": {}, "required": []}
         amap = self._inherited(name, "attribute_map") or {}
         validation = self._inherited(name, "validation") or {}
@@ -432,25 +459,44 @@ class _SdkReader:
 
     # ---- operations
 
-    def operations(self, files):
+    def operations(self, files, only=None):
+        """Two layouts: one file per operation group (`_images_operations.py`:
+        the group is in the file name, `build_get_request`), or one
+        `_operations.py` for all groups (azure-mgmt-resource:
+        `build_providers_get_request`, the group is the class that calls it)."""
         for f in files:
+            shared = os.path.basename(f) == "_operations.py"
             group = "".join(w.capitalize() for w in os.path.basename(f)[1:-len("_operations.py")].split("_"))
             src = open(f).read()
             tree = ast.parse(src, f)
             builders = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("build_")}
             classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
-            methods = {}
+            methods, by_class = {}, {}
             for c in classes:
                 for m in c.body:
                     if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                        methods.setdefault(m.name, []).append(ast.get_source_segment(src, m))
+                        seg = ast.get_source_segment(src, m)
+                        methods.setdefault(m.name, []).append(seg)
+                        by_class.setdefault(c.name, {}).setdefault(m.name, []).append(seg)
             for bname, fn in builders.items():
-                op_name = bname[len("build_"):-len("_request")]
-                self.cat.operations.append(self._operation(group, op_name, fn, src, methods))
+                stem = bname[len("build_"):-len("_request")]
+                op_name, ms = stem, methods
+                if shared:
+                    owner = next((c for c, cm in by_class.items()
+                                  if any(f"{bname}(" in t for ts in cm.values() for t in ts)), None)
+                    if owner is None:
+                        continue
+                    group = owner[:-len("Operations")] or "Operations"
+                    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", group).lower()
+                    op_name = stem[len(snake) + 1:] if stem.startswith(snake + "_") else stem
+                    ms = by_class[owner]
+                op_id = group + "_" + "".join(w.capitalize() for w in op_name.split("_"))
+                if only and op_id not in only:
+                    continue
+                self.cat.operations.append(self._operation(op_id, stem, op_name, fn, src, ms))
 
-    def _operation(self, group, op_name, fn, src, methods):
+    def _operation(self, op_id, stem, op_name, fn, src, methods):
         text = ast.get_source_segment(src, fn)
-        op_id = group + "_" + "".join(w.capitalize() for w in op_name.split("_"))
         method = re.search(r'HttpRequest\(method="(\w+)"', text).group(1)
         url = re.search(r'"template_url",\s*"([^"]+)"', text).group(1)
         api = re.search(r'_params\.pop\("api-version", "([^"]+)"\)', text).group(1)
@@ -508,7 +554,7 @@ class _SdkReader:
 
         # The methods that use this builder: the public one (or its _initial)
         # and, for long-running operations, begin_<op>.
-        calling = [t for ms in methods.values() for t in ms if f"build_{op_name}_request(" in t]
+        calling = [t for ms in methods.values() for t in ms if f"build_{stem}_request(" in t]
         lro = methods.get("begin_" + op_name, [])
         public = methods.get(op_name, [])
         o["lro"] = bool(lro)
@@ -542,11 +588,12 @@ class _SdkReader:
         return o
 
     def cloud_error(self):
-        """ARMErrorFormat: {"error": ApiError}; the SDK has no CloudError model of its own."""
+        """ARMErrorFormat: {"error": ApiError} (azure-mgmt-compute) or {"error":
+        ErrorResponse} (azure-mgmt-resource); the SDKs have no CloudError model."""
         if "CloudError" not in self.cat.models:
-            self.model("ApiError")
+            self.model(self.error_model)
             self.cat.models["CloudError"] = {"type": "object", "title": "CloudError",
-                                             "properties": {"error": {"ref": "ApiError"}}, "required": []}
+                                             "properties": {"error": {"ref": self.error_model}}, "required": []}
         return {"ref": "CloudError"}
 
 
@@ -567,6 +614,20 @@ def from_sdk(parts=("galleries", "images"), root=None, version=None):
     pats = (GALLERY_OPERATION_FILES if "galleries" in parts else ()) + (IMAGE_OPERATION_FILES if "images" in parts else ())
     files = sorted({f for p in pats for f in glob.glob(os.path.join(root, "operations", p))})
     reader.operations(files)
+    reader.cloud_error()
+    return cat
+
+
+def from_resource_sdk(root=None, version=None):
+    """Providers_Get from azure-mgmt-resource (ResourceManagementClient, 2025-04-01)."""
+    if root is None:
+        root, version = find_sdk(("azure", "mgmt", "resource", "resources"), None)
+    if root is None:
+        raise SchemaError(f"{RESOURCE_SDK_PACKAGE} is not installed (run hack/azure/setup.sh)")
+    cat = Catalog(f"{RESOURCE_SDK_PACKAGE}=={version}")
+    cat.source_detail = {"kind": "sdk", "path": root, "version": version}
+    reader = _SdkReader(root, cat, RESOURCE_SDK_PACKAGE, "ErrorResponse")
+    reader.operations([os.path.join(root, "operations", "_operations.py")], only=RESOURCES_OPERATIONS)
     reader.cloud_error()
     return cat
 
@@ -620,26 +681,36 @@ def aad_error_schema():
 def load(mode=None):
     """The catalog the stand-in serves: (catalog, description).
 
-    mode (KILN_AZURE_SCHEMAS): "auto" (default): the Swagger for galleries if
-    found, else the SDK; "swagger": the Swagger or fail; "sdk": the SDK for
-    everything. Managed images always come from the SDK."""
+    mode (KILN_AZURE_SCHEMAS): "auto" (default): the Swagger for galleries and
+    for Providers_Get, each if found, else the SDK; "swagger": the Swagger or
+    fail; "sdk": the SDKs for everything. Managed images always come from the
+    SDK."""
     mode = (mode or os.environ.get("KILN_AZURE_SCHEMAS") or "auto").lower()
     if mode not in ("auto", "swagger", "spec", "sdk"):
         raise SchemaError(f"KILN_AZURE_SCHEMAS={mode}: use auto, swagger or sdk")
-    gallery = None
+    gallery = providers = None
     if mode != "sdk":
         path, how = find_gallery_spec()
         if path:
             gallery = from_swagger(path, how)
         elif mode in ("swagger", "spec"):
             raise SchemaError("no GalleryRP 2024-03-03 Swagger in: " + ", ".join(how))
+        path, how = find_resources_spec()
+        if path:
+            providers = from_swagger(path, how, only=RESOURCES_OPERATIONS)
+        elif mode in ("swagger", "spec"):
+            raise SchemaError("no Microsoft.Resources 2025-04-01 Swagger in: " + ", ".join(how))
     sdk_root, sdk_version = find_sdk()
     images = None
     if sdk_root:
         images = from_sdk(("images",) if gallery else ("galleries", "images"), sdk_root, sdk_version)
+    res_root, res_version = find_sdk(("azure", "mgmt", "resource", "resources"), None)
+    if providers is None and res_root:
+        providers = from_resource_sdk(res_root, res_version)
     if gallery is None and images is None:
         raise SchemaError(f"no schemas: no Swagger files ({', '.join(d for _, d in spec_dirs())}) and "
                           f"{SDK_PACKAGE} is not installed: run hack/azure/setup.sh")
+    named = False  # the description names the providers' source already
     if gallery is not None:
         cat = Catalog("")
         cat.merge(gallery)
@@ -647,18 +718,34 @@ def load(mode=None):
             # ComputeRP models with the same names as GalleryRP ones (ApiError,
             # CloudError, ...) are kept apart: images' operations refer to theirs.
             _merge_renamed(cat, images, "ComputeRP.")
-        desc = f"{gallery.source} (GalleryRP {GALLERY_API})"
+        if providers is not None and providers.source == gallery.source:
+            desc = f"{gallery.source} (GalleryRP {GALLERY_API}, resources {RESOURCES_API})"
+            named = True
+        else:
+            desc = f"{gallery.source} (GalleryRP {GALLERY_API})"
         desc += f"; images: {images.source}" if images is not None else "; images: unavailable (no SDK)"
         details = {"galleries": gallery.source_detail, "images": images.source_detail if images else None}
     else:
         cat = images
         desc = f"{images.source} (galleries and images)"
         details = {"galleries": images.source_detail, "images": images.source_detail}
+    if providers is not None:
+        # Microsoft.Resources has its own CloudError (of ErrorResponse): kept apart too.
+        _merge_renamed(cat, providers, "Resources.")
+        if not named:
+            desc += f"; providers: {providers.source}"
+    else:
+        desc += f"; providers: unavailable (no {RESOURCE_SDK_PACKAGE})"
+    details["providers"] = providers.source_detail if providers is not None else None
     cat.models.setdefault("ApiError", (images or gallery).models.get("ApiError"))
     cat.source = desc
     cat.details = details
     if sdk_version and sdk_version != SDK_PIN:
         print(f"schemas: WARNING: {SDK_PACKAGE} {sdk_version} is installed, {SDK_PIN} is pinned", file=sys.stderr)
+    if res_version and res_version != RESOURCE_SDK_PIN and providers is not None and \
+            providers.source_detail["kind"] == "sdk":
+        print(f"schemas: WARNING: {RESOURCE_SDK_PACKAGE} {res_version} is installed, {RESOURCE_SDK_PIN} is pinned",
+              file=sys.stderr)
     return cat, desc
 
 
@@ -680,6 +767,6 @@ if __name__ == "__main__":
     print(d)
     print(len(c.models), "models,", len(c.operations), "operations")
     for o in c.operations:
-        if "Image" in o["id"] and "Shared" not in o["id"] and "Community" not in o["id"]:
+        if ("Image" in o["id"] or "Provider" in o["id"]) and "Shared" not in o["id"] and "Community" not in o["id"]:
             print(f"  {o['method']:6} {o['id']:45} {o['api_version']} lro={o['lro']} pageable={o['pageable']} "
                   f"codes={sorted(o['responses'])} q={sorted(o['params']['query'])}")

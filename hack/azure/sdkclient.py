@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Drives the stand-in with Microsoft's own generated client, azure-mgmt-compute
-(the pinned version in requirements.txt, with azure-core's ARM pollers), as a
-second opinion on the wire protocol: token, GET, long-running PUT/PATCH/DELETE
-polled by ARMPolling (Azure-AsyncOperation, Location, final GET), paging by
-nextLink, and errors mapped to HttpResponseError with ARM's error code.
+"""Drives the stand-in with Microsoft's own generated clients, azure-mgmt-compute
+and azure-mgmt-resource (the pinned versions in requirements.txt, with
+azure-core's ARM pollers), as a second opinion on the wire protocol: token,
+GET, long-running PUT/PATCH/DELETE polled by ARMPolling (Azure-AsyncOperation,
+Location, final GET), paging by nextLink, errors mapped to HttpResponseError
+with ARM's error code, and ResourceManagementClient's providers.get.
 
     python3 sdkclient.py READY_LINE_FILE
 
@@ -21,6 +22,7 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as m
+from azure.mgmt.resource.resources import ResourceManagementClient
 
 info = json.load(open(sys.argv[1]))
 passed = failed = 0
@@ -136,6 +138,19 @@ check("images.begin_update (tags)", i.tags == {"kiln-keep": "true"} and i.provis
 check("images.list_by_resource_group", "sdk-image" in [x.name for x in client.images.list_by_resource_group(rg, **kw)])
 client.images.begin_delete(rg, "sdk-image", **kw).result()
 check("images.begin_delete", "sdk-image" not in [x.name for x in client.images.list_by_resource_group(rg, **kw)])
+rc = ResourceManagementClient(cred, info["subscription_id"], base_url=info["api_url"].rstrip("/"))
+p = rc.providers.get("Microsoft.Compute", **kw)
+types = {t.resource_type: t.locations for t in p.resource_types}
+check(f"providers.get('Microsoft.Compute'): {p.registration_state}, {sorted(types)}",
+      p.namespace == "Microsoft.Compute" and p.registration_state == "Registered"
+      and sorted(types) == ["galleries", "galleries/images", "galleries/images/versions", "images"]
+      and types["images"][:2] == ["West Europe", "East US 2"])
+try:
+    rc.providers.get("Microsoft.Nothing", **kw)
+    check("providers.get of an unknown namespace raises", False)
+except ResourceNotFoundError as e:
+    check(f"providers.get of an unknown namespace -> ResourceNotFoundError ({e.error.code})",
+          e.error.code == "InvalidResourceNamespace")
 check(f"tokens fetched by the credential: {cred.calls}", cred.calls >= 1)
 print(f"sdkclient: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the Azure stand-in (README.md beside this file) needs:
-#   - azure-mgmt-compute (pinned in requirements.txt) into the kiln venv
-#     ($KILN_CACHE_DIR/venv, the one hack/setup.sh makes): the stand-in reads
-#     its generated models and operations as the schema source for managed
-#     images, and for everything when the Swagger files are not there;
+#   - azure-mgmt-compute and azure-mgmt-resource (pinned in requirements.txt)
+#     into the kiln venv ($KILN_CACHE_DIR/venv, the one hack/setup.sh makes):
+#     the stand-in reads their generated models and operations as the schema
+#     source for managed images, and for everything (galleries, images,
+#     Providers_Get) when the Swagger files are not there;
 #   - a copy of ../shared/specs/azure (when it sits beside the repository)
 #     in $KILN_CACHE_DIR/specs/azure, the stand-in's third place to look.
 # Safe to run again: it checks a stamp and skips what is done.
@@ -22,7 +23,7 @@ command -v python3 >/dev/null || {
 stamp="$venv/.kiln-azure.sha256"
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
 if [ -x "$venv/bin/python3" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-	say "azure-mgmt-compute already in $venv"
+	say "azure-mgmt-compute and azure-mgmt-resource already in $venv"
 else
 	[ -x "$venv/bin/python3" ] || python3 -m venv "$venv"
 	log="$(mktemp)"

@@ -2,11 +2,12 @@
 # Smoke test of the Azure Resource Manager stand-in (README.md beside this
 # file): starts it with run.py, goes with curl through every route (Entra ID
 # tokens, galleries, image definitions, image versions, managed images, the
-# long-running operations and their status URLs), the control API's failure
+# resource provider (Providers_Get), the long-running operations and their status URLs), the control API's failure
 # injection, the auth failures and the validator's rejections, then stops it.
 # It does all of that once per schema source: SMOKE_SCHEMAS (default
-# "auto sdk": the Swagger files when they are there, then the azure-mgmt-compute
-# fallback forced with KILN_AZURE_SCHEMAS=sdk).
+# "auto sdk": the Swagger files when they are there, then the
+# azure-mgmt-compute and azure-mgmt-resource fallback forced with
+# KILN_AZURE_SCHEMAS=sdk).
 # Prints what each step sent and got back, and "smoke: N passed, N failed" last.
 # KEEP_WORK=1 keeps its temporary directory (logs).
 set -euo pipefail
@@ -136,6 +137,7 @@ smoke_mode() {
 	D=$(r "d['image_definition']")
 	GAPI=2024-03-03
 	IAPI=$(r "d['api_versions']['images']")
+	RAPI=$(r "d['api_versions']['providers']")
 	local schemas
 	schemas=$(r "d['schemas']")
 	cp "$info" "$work/body"
@@ -147,14 +149,14 @@ smoke_mode() {
 	local from_sdk=1
 	case "$schemas" in "spec files "*) from_sdk=0 ;; esac
 	if [ "$mode" = sdk ]; then
-		check "d['schemas'] == 'azure-mgmt-compute==37.1.0 (galleries and images)'"
+		check "d['schemas'] == 'azure-mgmt-compute==37.1.0 (galleries and images); providers: azure-mgmt-resource==25.0.0'"
 	elif [ "$from_sdk" = 0 ]; then
-		check "d['schemas'].startswith('spec files ') and d['schemas'].endswith('(GalleryRP 2024-03-03); images: azure-mgmt-compute==37.1.0')"
+		check "d['schemas'].startswith('spec files ') and d['schemas'].endswith('(GalleryRP 2024-03-03, resources 2025-04-01); images: azure-mgmt-compute==37.1.0')"
 	else
 		echo "   note: no Swagger files found, auto fell back to the SDK"
-		check "d['schemas'] == 'azure-mgmt-compute==37.1.0 (galleries and images)'"
+		check "d['schemas'] == 'azure-mgmt-compute==37.1.0 (galleries and images); providers: azure-mgmt-resource==25.0.0'"
 	fi
-	check "d['api_versions'] == {'galleries': '2024-03-03', 'images': '2025-04-01'}"
+	check "d['api_versions'] == {'galleries': '2024-03-03', 'images': '2025-04-01', 'providers': '2025-04-01'}"
 	echo "   schemas: $schemas"
 	GAL="subscriptions/$S/resourceGroups/$RG/providers/Microsoft.Compute/galleries/$G"
 	DEF="$GAL/images/$D"
@@ -276,6 +278,45 @@ smoke_mode() {
 	arm GET "$GAL/applications?api-version=$GAPI"
 	expect 501 "in the schemas, not implemented"
 	error NotImplemented
+
+	step "resource provider: Providers_Get (Microsoft.Resources $RAPI)"
+	local prov="subscriptions/$S/providers/Microsoft.Compute"
+	arm GET "$prov?api-version=$RAPI"
+	expect 200 "Microsoft.Compute"
+	check "d['id'] == '/$prov' and d['namespace'] == 'Microsoft.Compute' and d['registrationState'] == 'Registered'"
+	check "[t['resourceType'] for t in d['resourceTypes']] == ['galleries', 'galleries/images', 'galleries/images/versions', 'images']"
+	check "all(t['locations'][:3] == ['West Europe', 'East US 2', 'North Europe'] and len(t['locations']) == len(set(t['locations'])) == 12 for t in d['resourceTypes'])"
+	check "[t['apiVersions'] for t in d['resourceTypes']] == [['$GAPI']] * 3 + [['$IAPI']]"
+	arm GET "subscriptions/$S/providers/microsoft.compute?api-version=$RAPI&%24expand=resourceTypes%2Faliases"
+	expect 200 "the namespace in lower case, and \$expand"
+	check "d['namespace'] == 'Microsoft.Compute'"
+	arm GET "subscriptions/$S/providers/Microsoft.Nothing?api-version=$RAPI"
+	expect 404 "a namespace the stand-in does not know"
+	error InvalidResourceNamespace "'Microsoft.Nothing'"
+	arm GET "$prov?api-version=2099-01-01"
+	expect 400 "unknown api-version (Microsoft.Resources' own error)"
+	error InvalidApiVersionParameter "'2099-01-01'"
+	arm GET "$prov"
+	expect 400 "no api-version"
+	error MissingApiVersionParameter
+	arm GET "$prov?api-version=$RAPI&colour=blue"
+	expect 400 "undeclared query parameter"
+	error InvalidQueryParameter "'colour'"
+	arm DELETE "$prov?api-version=$RAPI"
+	expect 405 "a verb the path does not have"
+	arm GET "$prov?api-version=$RAPI" "" -
+	expect 401 "no Authorization header"
+	error AuthenticationFailed
+	token "$TENANT" -d grant_type=client_credentials -d "client_id=$other_cid" -d "client_secret=$other_secret" -d "scope=$SCOPE"
+	other_token=$(j "d['access_token']")
+	arm GET "$prov?api-version=$RAPI" "" "$other_token"
+	expect 403 "a principal without access to the subscription"
+	error AuthorizationFailed "does not have authorization to perform action 'Microsoft.Resources/subscriptions/providers/read' over scope '/$prov'"
+	arm GET "subscriptions/$OTHER/providers/Microsoft.Compute?api-version=$RAPI" "" "$other_token"
+	expect 200 "the same principal on its own subscription"
+	check "d['id'] == '/subscriptions/$OTHER/providers/Microsoft.Compute'"
+	control GET calls
+	check "d['calls']['Providers_Get'] == 7"
 
 	step "validation: paths, api-versions, query parameters"
 	arm GET "$GAL/imagez/$D?api-version=$GAPI"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Azure Resource Manager stand-in: Compute Gallery image versions and managed
-images, Microsoft Entra ID client-credentials tokens, and a control API.
-Every ARM request and response is validated against the schemas that
-schemas.py loads (Azure's Swagger, or the azure-mgmt-compute SDK).
+images, the Microsoft.Compute resource provider (Providers_Get), Microsoft
+Entra ID client-credentials tokens, and a control API. Every ARM request and
+response is validated against the schemas that schemas.py loads (Azure's
+Swagger, or the azure-mgmt-compute and azure-mgmt-resource SDKs).
 Python standard library only; one process; state in memory. See README.md.
 
     python3 standin.py [--port 0] [--polls 1] [--retry-after 0] [--page-size 100]
@@ -36,6 +37,16 @@ import validate  # noqa: E402
 KNOWN_LOCATIONS = ["westeurope", "eastus2", "northeurope", "uksouth", "ukwest", "eastus", "westus2",
                    "centralus", "swedencentral", "germanywestcentral", "francecentral", "southeastasia"]
 TEST_LOCATIONS = ["westeurope", "eastus2"]
+# How ARM spells them in Providers_Get (display names, as real ARM answers).
+LOCATION_DISPLAY_NAMES = {
+    "westeurope": "West Europe", "eastus2": "East US 2", "northeurope": "North Europe", "uksouth": "UK South",
+    "ukwest": "UK West", "eastus": "East US", "westus2": "West US 2", "centralus": "Central US",
+    "swedencentral": "Sweden Central", "germanywestcentral": "Germany West Central",
+    "francecentral": "France Central", "southeastasia": "Southeast Asia"}
+# The resource types Providers_Get lists for Microsoft.Compute (those served
+# here), with the key of api_versions() whose api-version they take.
+PROVIDER_RESOURCE_TYPES = [("galleries", "galleries"), ("galleries/images", "galleries"),
+                           ("galleries/images/versions", "galleries"), ("images", "images")]
 ARM_SCOPES = {"https://management.azure.com/.default", "https://management.azure.com//.default",
               "https://management.core.windows.net/.default", "https://management.core.windows.net//.default"}
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -256,7 +267,8 @@ class StandIn:
         out = {}
         for o in self.catalog.operations:
             out.setdefault(o["id"].split("_")[0], o["api_version"])
-        return {"galleries": out.get("GalleryImageVersions"), "images": out.get("Images")}
+        return {"galleries": out.get("GalleryImageVersions"), "images": out.get("Images"),
+                "providers": out.get("Providers")}
 
     def match(self, method, path):
         """(op, params) for the path, or (None, methods that exist for it)."""
@@ -549,7 +561,8 @@ class Handler(BaseHTTPRequestHandler):
             self.respond(op, status, out, headers)
         except HttpError as e:
             if e.status == 400 and e.code in ("InvalidRequestContent", "InvalidParameter", "MissingApiVersionParameter",
-                                              "NoRegisteredProviderFound", "InvalidResourceType",
+                                              "NoRegisteredProviderFound", "InvalidApiVersionParameter",
+                                              "InvalidResourceType",
                                               "InvalidQueryParameter", "UnsupportedMediaType"):
                 with st.lock:
                     st.counters["request_validation_failures"] += 1
@@ -657,6 +670,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def action_name(self):
         path = urlsplit(self.path).path
+        if re.match(r"^/subscriptions/[^/]+/providers/[^/]+/?$", path, re.IGNORECASE):
+            return "Microsoft.Resources/subscriptions/providers/read"
         m = re.search(r"/providers/(Microsoft\.\w+)/(.*)$", path, re.IGNORECASE)
         if not m:
             return "Microsoft.Resources/subscriptions/read"
@@ -690,6 +705,11 @@ class Handler(BaseHTTPRequestHandler):
         if api is None:
             raise HttpError(400, "MissingApiVersionParameter",
                             "The api-version query parameter (?api-version=) is required for all requests.")
+        if api != op["api_version"] and "/providers/Microsoft." not in op["path"]:
+            # Microsoft.Resources itself (Providers_Get): ARM's own answer
+            raise HttpError(400, "InvalidApiVersionParameter",
+                            f"The api-version '{api}' is invalid. The supported versions are '{op['api_version']}' "
+                            f"(the stand-in's {'Swagger' if op['source'] == 'swagger' else 'SDK'} schemas).")
         if api != op["api_version"]:
             rtype = "/".join([s for s in op["path"].split("/providers/")[-1].split("/")][1::2])
             raise HttpError(400, "NoRegisteredProviderFound",
@@ -1192,6 +1212,24 @@ class Handler(BaseHTTPRequestHandler):
         st.put(rid, "image", out)
         o, headers = self.start_operation("image", "update" if existing else "create", rid, loc, op)
         return (200 if existing else 201), self.render(st.get(rid), {}), headers
+
+    # ------------------------------------------------------------ Microsoft.Resources
+
+    def op_Providers_Get(self, op, pp, q, body):
+        ns = pp["resourceProviderNamespace"]
+        if ns.lower() != "microsoft.compute":
+            raise HttpError(404, "InvalidResourceNamespace",
+                            f"The resource namespace '{ns}' is invalid. (The stand-in knows only Microsoft.Compute.)")
+        apis = self.si.api_versions()
+        types = []
+        for rtype, key in PROVIDER_RESOURCE_TYPES:
+            t = {"resourceType": rtype, "locations": [LOCATION_DISPLAY_NAMES[loc] for loc in KNOWN_LOCATIONS]}
+            if apis.get(key):
+                t["apiVersions"] = [apis[key]]
+            types.append(t)
+        return 200, {"id": f"/subscriptions/{pp['subscriptionId']}/providers/Microsoft.Compute",
+                     "namespace": "Microsoft.Compute", "registrationState": "Registered",
+                     "registrationPolicy": "RegistrationRequired", "resourceTypes": types}, {}
 
     def op_Images_Update(self, op, pp, q, body):
         st = self.st
