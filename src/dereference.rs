@@ -80,6 +80,10 @@ pub async fn inputs(
         Ok(r) => r,
         Err(problem) => return Ok(Err(problem)),
     };
+    let (ns, name) = (ib.namespace().unwrap_or_default(), ib.name_any());
+    if let Err(ProviderError::Invalid(message)) = resolved.provider.check_owner(&ns, &name) {
+        return Ok(Err(invalid(reasons::INVALID_NAME, message)));
+    }
     match reader
         .check_regions(
             resolved.provider.as_ref(),
@@ -580,10 +584,12 @@ pub async fn provider(
         }
     }
 
-    // Type, endpoint and a digest of the credentials: never the secrets.
+    // Type, endpoint, the cloud's settings (project, gallery) and a digest
+    // of the credentials: never the secrets.
     let digest = Sha256::digest(serde_json::to_vec(&credentials).unwrap_or_default());
+    let settings = serde_json::json!([spec.provider.gcp, spec.provider.azure]);
     let key = format!(
-        "{}|{}|{}",
+        "{}|{}|{settings}|{}",
         spec.provider.type_.as_str(),
         spec.provider.endpoint.as_deref().unwrap_or_default(),
         digest
@@ -591,13 +597,7 @@ pub async fn provider(
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let make = || {
-        factory::build(
-            spec.provider.type_,
-            spec.provider.endpoint.clone(),
-            &credentials,
-        )
-    };
+    let make = || factory::build(&spec.provider, &credentials);
     let provider = reader.provider(&key, make);
     Ok(Ok((provider, key, secret_env)))
 }

@@ -261,6 +261,22 @@ async fn invalid_manifests_are_refused_naming_the_field() {
             vec!["spec.provider.azure", "allowed only then"],
         ),
         (
+            "gcp with a region, not a zone",
+            merged(
+                &b,
+                json!({"spec": {"provider": {"type": "gcp", "regions": ["us-central1"], "gcp": {"projectId": "my-project"}}}}),
+            ),
+            vec!["spec.provider.regions", "exactly one zone"],
+        ),
+        (
+            "gcp with two zones",
+            merged(
+                &b,
+                json!({"spec": {"provider": {"type": "gcp", "regions": ["us-central1-a", "europe-west4-b"], "gcp": {"projectId": "my-project"}}}}),
+            ),
+            vec!["spec.provider.regions", "images are global"],
+        ),
+        (
             "gcp project id malformed",
             merged(
                 &b,
@@ -358,6 +374,19 @@ async fn invalid_manifests_are_refused_naming_the_field() {
                 json!({"spec": {"deprecateAfter": "720h", "deleteAfter": "168h"}}),
             ),
             vec!["spec.deprecateAfter", "shorter than spec.deleteAfter"],
+        ),
+        (
+            "obsolete without delete",
+            merged(&p, json!({"spec": {"obsoleteAfter": "72h"}})),
+            vec!["spec.obsoleteAfter", "needs a longer spec.deleteAfter"],
+        ),
+        (
+            "obsolete before deprecated",
+            merged(
+                &p,
+                json!({"spec": {"deprecateAfter": "96h", "obsoleteAfter": "72h", "deleteAfter": "168h"}}),
+            ),
+            vec!["spec.obsoleteAfter", "DEPRECATED comes before OBSOLETE"],
         ),
         (
             "interval too short",

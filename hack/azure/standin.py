@@ -1461,7 +1461,9 @@ def main():
         standin = StandIn(args)
     except schemas.SchemaError as e:
         sys.exit(f"standin: {e}")
-    srv = ThreadingHTTPServer((args.host, args.port), Handler)
+    import packer_routes  # what a real Packer azure-arm build calls (packer_routes.py, README.md)
+    handler = packer_routes.install(standin, Handler)
+    srv = ThreadingHTTPServer((args.host, args.port), handler)
     srv.daemon_threads = True
     srv.standin = standin
     port = srv.server_address[1]
@@ -1474,6 +1476,7 @@ def main():
             "locations": TEST_LOCATIONS, "control_url": base + "_control/", "schemas": standin.schema_source,
             "known_locations": KNOWN_LOCATIONS, "other_subscription_id": st.other_subscription,
             "api_versions": standin.api_versions(), "polls": st.polls, "port": port}
+    info.update(packer_routes.start(standin, handler, args.host))
     log(f"listening on {base}; schemas from {standin.schema_source}")
     print(json.dumps(info), flush=True)
     import signal

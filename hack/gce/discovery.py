@@ -339,7 +339,9 @@ class Discovery:
             if mode == "request" and method_id:
                 for key, spec in props.items():
                     if method_id in (spec.get("annotations") or {}).get("required", []):
-                        if value.get(key) in (None, "", [], {}):
+                        # An empty string is present (Packer sends metadata
+                        # items with value ""); GCE accepts them.
+                        if value.get(key) in (None, [], {}):
                             problems.append(Problem(f"{where}.{key}", f"Required field '{where}.{key}' not "
                                                                       f"specified", "required"))
             return

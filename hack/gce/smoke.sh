@@ -3,7 +3,8 @@
 # starts it with run.py, goes through every implemented endpoint with curl
 # (auth and the OAuth2 token endpoint, the catalogue, a Packer-like build:
 # instance -> disk -> image, then kiln's image calls: list with filter and
-# pages, setLabels, deprecate, getFromFamily, delete), shows the rejections
+# pages, setLabels, deprecate, getFromFamily, patch, delete; the metadata
+# server's token endpoint), shows the rejections
 # the Discovery-driven validator makes, then stops it.
 # Prints what each step sent and got back, and "smoke: N passed, N failed" last.
 # KEEP_WORK=1 keeps its temporary directory (logs), otherwise removed after a
@@ -117,7 +118,7 @@ fi
 t1=$(date +%s.%N)
 echo "$ready"
 echo "start-to-ready: $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')s"
-eval "$(python3 -c 'import json,sys,shlex; d=json.loads(sys.argv[1]); print(" ".join(f"{k}={shlex.quote(str(v))}" for k,v in (("API",d["api_url"]),("TOKEN",d["token"]),("RO_TOKEN",d["readonly_token"]),("CONTROL",d["control_url"]),("CREDS",d["credentials_file"]),("TOKEN_URL",d["token_url"]),("SA",d["service_account"]),("P",d["project"]),("LOG",d["logs"]["standin"]))))' "$ready")"
+eval "$(python3 -c 'import json,sys,shlex; d=json.loads(sys.argv[1]); print(" ".join(f"{k}={shlex.quote(str(v))}" for k,v in (("API",d["api_url"]),("TOKEN",d["token"]),("RO_TOKEN",d["readonly_token"]),("CONTROL",d["control_url"]),("CREDS",d["credentials_file"]),("TOKEN_URL",d["token_url"]),("SA",d["service_account"]),("P",d["project"]),("LOG",d["logs"]["standin"]),("MDHOST",d["metadata_host"]))))' "$ready")"
 Z=us-central1-a
 [ -s "$CREDS" ] && ok "credentials_file exists: $CREDS" || bad "no credentials_file"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["type"]=="service_account" and d["token_uri"]==sys.argv[2] and "BEGIN PRIVATE KEY" in d["private_key"]' "$CREDS" "$TOKEN_URL" &&
@@ -354,6 +355,19 @@ expect 400 "a deleted time that is not RFC 3339"
 api GET "projects/$P/global/images/family/kiln-db"
 expect 404 "a family whose images are all FAILED or OBSOLETE"
 
+step "patch: family, description and deprecation status only"
+api PATCH "projects/$P/global/images/kiln-web-2" '{"family":"kiln-web-next","description":"moved"}'
+expect 200 "images.patch"
+check "d['operationType'] == 'patch'"
+api GET "projects/$P/global/images/kiln-web-2"
+check "d['family'] == 'kiln-web-next' and d['description'] == 'moved'"
+api PATCH "projects/$P/global/images/kiln-web-2" '{"family":"kiln-web"}'
+expect 200 "back into its family"
+api PATCH "projects/$P/global/images/kiln-web-2" '{"diskSizeGb":"20"}'
+expect 400 "a field images.patch cannot change"
+api PATCH "projects/$P/global/images/kiln-web-2" '{"family":"Kiln_Web"}'
+expect 400 "a family that is not a name"
+
 step "delete: DELETING until the operation is DONE"
 # Slow operations down for this step, so that the check sees DELETING on a busy machine.
 control config '{"operation_seconds":3}'
@@ -438,6 +452,27 @@ api GET "projects/$P/global/images"
 expect 429
 api GET "projects/$P/global/images"
 expect 200 "budget back"
+
+step "rate limit as GCE answers it: 403 rateLimitExceeded without Retry-After"
+control ratelimit '{"count":1,"status":403,"retry_after":null}'
+api GET "projects/$P/global/images"
+expect 403
+reason rateLimitExceeded
+grep -qi '^retry-after' "$work/headers" && bad "a Retry-After header" || ok "no Retry-After"
+api GET "projects/$P/global/images"
+expect 200 "budget back"
+
+step "metadata server (Workload Identity): a token without a key"
+code=$(curl -sS -o "$work/body" -w '%{http_code}' "http://$MDHOST/computeMetadata/v1/instance/service-accounts/default/token")
+echo "<- $code $(head -c 200 "$work/body")"
+expect 403 "no Metadata-Flavor header"
+code=$(curl -sS -o "$work/body" -D "$work/headers" -w '%{http_code}' -H 'Metadata-Flavor: Google' "http://$MDHOST/computeMetadata/v1/instance/service-accounts/default/token")
+echo "<- $code $(head -c 200 "$work/body")"
+expect 200 "a token"
+grep -qi '^metadata-flavor: google' "$work/headers" && ok "Metadata-Flavor: Google" || bad "no Metadata-Flavor header"
+MDTOKEN=$(j "d['access_token']")
+api GET "projects/$P/zones/$Z" "" "$MDTOKEN"
+expect 200 "the metadata token works on the API"
 
 step "response validation: the stand-in breaks its next response on purpose"
 control malform '{"count":1}'

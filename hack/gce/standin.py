@@ -246,7 +246,8 @@ class State:
         self.fixed_ids = {}
         self.seq = 0
         self.force_429 = 0
-        self.retry_after = 1
+        self.retry_after = 1  # None: no Retry-After header (GCE's quota errors usually have none)
+        self.ratelimit_status = 429  # or 403, as GCE answers rate quota errors
         self.malform = 0
         self.fail_ops = []  # [{"code", "message", "http"}] for the next operations
         self.strict = True
@@ -677,6 +678,39 @@ def h_images_deprecate(c):
         status["state"] = state
         img["deprecated"] = status
     return op_out(c, s.new_op("deprecate", c.project, "global", img["selfLink"], img["id"], c.who))
+
+
+# What images.patch may change, as the method's description says ("Only the
+# following fields can be modified: family, description, deprecation status").
+PATCHABLE_IMAGE_FIELDS = ("family", "description", "deprecated")
+
+
+def h_images_patch(c):
+    s, b = c.s, c.b
+    img = s.image_by(c.project, c.p["image"])
+    if b.get("name") not in (None, img["name"]):
+        raise bad(f"Invalid value for field 'resource.name': '{b['name']}'. The name of an image cannot be changed.")
+    others = sorted(k for k, v in b.items() if v is not None and k != "name" and k not in PATCHABLE_IMAGE_FIELDS)
+    if others:
+        raise bad(f"Invalid value for field 'resource': {', '.join(others)} cannot be patched; only "
+                  f"{', '.join(PATCHABLE_IMAGE_FIELDS)} can be modified.")
+    if "family" in b and b["family"] is not None:
+        if b["family"] and not NAME_RE.fullmatch(b["family"]):
+            raise bad(f"Invalid value for field 'resource.family': '{b['family']}'. Must be a match of regex "
+                      f"'[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?'")
+        if b["family"]:
+            img["family"] = b["family"]
+        else:
+            img.pop("family", None)
+    if b.get("description") is not None:
+        img["description"] = b["description"]
+    if b.get("deprecated") is not None:
+        dep = {k: v for k, v in b["deprecated"].items() if v}
+        if dep.get("state", "ACTIVE") == "ACTIVE" and not any(dep.get(k) for k in ("deprecated", "obsolete", "deleted")):
+            img.pop("deprecated", None)
+        else:
+            img["deprecated"] = dep
+    return op_out(c, s.new_op("patch", c.project, "global", img["selfLink"], img["id"], c.who))
 
 
 def h_images_set_labels(c):
@@ -1197,6 +1231,7 @@ HANDLERS = {
     "compute.images.delete": h_images_delete,
     "compute.images.deprecate": h_images_deprecate,
     "compute.images.setLabels": h_images_set_labels,
+    "compute.images.patch": h_images_patch,
     "compute.globalOperations.get": h_operations_get,
     "compute.globalOperations.wait": h_operations_get,
     "compute.globalOperations.list": h_operations_list,
@@ -1293,6 +1328,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.control(url, raw)
         if url.path == "/token":
             return self.token_endpoint(raw)
+        if url.path.startswith("/computeMetadata/"):
+            return self.metadata_server(url)
         return self.api(url, raw)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
@@ -1359,6 +1396,42 @@ class Handler(http.server.BaseHTTPRequestHandler):
             info = {"who": self.sa.email, "scopes": scopes, "exp": float(claims["exp"])}
         self.jwt_cache[token] = info or False
         return info
+
+    def metadata_server(self, url):
+        """The GCE/GKE metadata server's token endpoints (what Workload
+        Identity serves to a Pod), for clients pointed here with
+        GCE_METADATA_HOST: `Metadata-Flavor: Google` is required, as there."""
+        s = self.state
+        path = url.path
+        if self.headers.get("Metadata-Flavor") != "Google":
+            self._send(403, None, raw=b"Missing Metadata-Flavor:Google header.\n", ctype="text/html; charset=UTF-8")
+            log(f"{self.command} {path} -> 403 (no Metadata-Flavor header)")
+            return
+        if self.command != "GET":
+            self._send(405, None, raw=b"Method not allowed\n", ctype="text/plain")
+            return
+        headers = {"Metadata-Flavor": "Google"}
+        prefix = "/computeMetadata/v1/instance/service-accounts/default/"
+        if path == prefix + "token":
+            q = dict(urllib.parse.parse_qsl(url.query))
+            scopes = set((q.get("scopes") or "").replace(",", " ").split()) or {SCOPE_PREFIX + "cloud-platform"}
+            token = "ya29.d.standin-" + secrets.token_urlsafe(32)
+            self.tokens[token] = {"who": self.metadata_email(), "scopes": scopes, "exp": time.time() + 3599}
+            with s.lock:
+                s.counts["metadata_tokens_issued"] += 1
+            self._send(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}, headers)
+        elif path == prefix + "email":
+            self._send(200, None, headers, raw=self.metadata_email().encode(), ctype="application/text")
+        elif path == "/computeMetadata/v1/project/project-id":
+            self._send(200, None, headers, raw=s.project.encode(), ctype="application/text")
+        else:
+            self._send(404, None, headers, raw=b"Not Found\n", ctype="text/html; charset=UTF-8")
+        log(f"{self.command} {path} (metadata server)")
+
+    def metadata_email(self):
+        """The Google service account Workload Identity maps the Pod to: the
+        project's default compute account here."""
+        return f"{self.state.project_id}-compute@developer.gserviceaccount.com"
 
     def token_endpoint(self, raw):
         """POST /token: OAuth2 JWT-bearer grant (RFC 7523), as Google's
@@ -1431,10 +1504,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if s.force_429 > 0:
                     s.force_429 -= 1
                     s.counts["forced_429"] += 1
-                    raise ApiError(429, f"Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' "
-                                        f"of service 'compute.googleapis.com' for consumer "
-                                        f"'project_number:{s.project_id}'.", "rateLimitExceeded",
-                                   domain="usageLimits", headers={"Retry-After": s.retry_after})
+                    raise ApiError(s.ratelimit_status, f"Quota exceeded for quota metric 'Queries' and limit "
+                                                       f"'Queries per minute' of service 'compute.googleapis.com' "
+                                                       f"for consumer 'project_number:{s.project_id}'.",
+                                   "rateLimitExceeded", domain="usageLimits",
+                                   headers={} if s.retry_after is None else {"Retry-After": s.retry_after})
             problems = query_problems + disc.check_path(method, params)
             if method.request:
                 if raw.strip():
@@ -1512,15 +1586,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             traceback.print_exc()
             status, out = 500, ApiError(500, f"standin crashed: {type(e).__name__}: {e}", "backendError").body()
             s.counts["crashes"] += 1
-        self._send(status, out, headers, pretty=pretty)
         ms = 1000 * (time.time() - t0)
         mid = method.id if method else "-"
+        # Recorded before the answer goes out, so that a client that asks
+        # /_standin/requests right after its call finds the call there.
         with s.lock:
             s.counts["requests"] += 1
             s.request_seq += 1
             s.requests.append({"seq": s.request_seq, "time": utc_now(), "verb": self.command, "path": url.path,
                                "query": url.query, "method": mid, "status": status, "ms": round(ms, 2),
                                "body": raw[:4096].decode(errors="replace") if raw else None})
+        self._send(status, out, headers, pretty=pretty)
         log(f"{self.command} {self.path} -> {status} {mid} {ms:.1f}ms{note}")
 
     def check_response(self, method, out, url):
@@ -1575,7 +1651,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
              status (READY|PENDING|FAILED|DELETING), deprecated ({"state": ..., "replacement", "deprecated",
              "obsolete", "deleted"} or just the state), description, diskSizeGb, architecture,
              guestOsFeatures, licenses, storageLocations. The result is checked against the Image schema.
-        POST /_standin/ratelimit {"count": N, "retry_after": S}   the next N API requests answer 429
+        POST /_standin/ratelimit {"count": N, "retry_after": S, "status": 429}   the next N API requests
+             answer 429 (or 403 rateLimitExceeded, as GCE answers rate quota errors); retry_after null: no
+             Retry-After header
         POST /_standin/fail-operations {"count": N, "code": C, "message": M, "http": 400}
              the next N operations end DONE with that error (no effect; a new image becomes FAILED)
         POST /_standin/malform {"count": N}    break the next N API response bodies (to show the check)
@@ -1611,8 +1689,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 out = {"requests": [r for r in s.requests if r["seq"] > since], "last": s.request_seq}
             elif path == "/_standin/ratelimit" and verb == "POST":
                 s.force_429 = int(body.get("count", 1))
-                s.retry_after = int(body.get("retry_after", 1))
-                out = {"forced_429": s.force_429, "retry_after": s.retry_after}
+                ra = body.get("retry_after", 1)
+                s.retry_after = None if ra is None else int(ra)
+                s.ratelimit_status = int(body.get("status", 429))
+                if s.ratelimit_status not in (403, 429):
+                    return self._send(400, {"error": "status must be 429 or 403"})
+                out = {"forced_429": s.force_429, "retry_after": s.retry_after, "status": s.ratelimit_status}
             elif path == "/_standin/fail-operations" and verb == "POST":
                 n = int(body.get("count", 1))
                 s.fail_ops = [{k: body[k] for k in ("code", "message", "http", "http_message") if k in body}
@@ -1636,6 +1718,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         del store[k]
                 s.request_ids.clear()
                 s.fail_ops, s.force_429, s.malform = [], 0, 0
+                s.retry_after, s.ratelimit_status = 1, 429
                 out = {"reset": True}
             elif path == "/_standin/images" and verb == "POST":
                 try:
@@ -1716,7 +1799,8 @@ def main():
         "port": httpd.server_address[1], "api_url": api_url, "root_url": root + "/", "token": token,
         "readonly_token": ro_token, "project": a.project, "zones": sorted(ZONES), "regions": sorted(REGIONS),
         "credentials_file": sa.credentials_file, "service_account": sa.email, "token_url": sa.token_url,
-        "control_url": root + "/_standin", "discovery_revision": disc.revision,
+        "control_url": root + "/_standin", "metadata_host": root.split("://", 1)[1],
+        "discovery_revision": disc.revision,
         "operation_seconds": a.operation_seconds,
     }), flush=True)
     log(f"listening on {root}, Discovery revision {disc.revision}: {len(disc.methods)} methods, "

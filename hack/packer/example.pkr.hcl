@@ -20,6 +20,15 @@ packer {
       source  = "github.com/hashicorp/openstack"
       version = ">= 1.0.0"
     }
+    digitalocean = {
+      source  = "github.com/digitalocean/digitalocean"
+      version = ">= 1.4.0"
+    }
+    # the same plugin under its pre-2023 source, as older templates name it
+    digitalocean-hashicorp = {
+      source  = "github.com/hashicorp/digitalocean"
+      version = ">= 1.0.0"
+    }
   }
 }
 
@@ -74,11 +83,21 @@ source "openstack" "kiln" {
   ssh_username      = "debian"
 }
 
+source "digitalocean" "kiln" {
+  api_token     = "not-a-token"
+  image         = "debian-12-x64"
+  region        = "nyc3"
+  size          = "s-1vcpu-1gb"
+  ssh_username  = "root"
+  snapshot_name = "kiln-offline-check"
+}
+
 build {
   sources = [
     "source.amazon-ebs.kiln",
     "source.googlecompute.kiln",
     "source.azure-arm.kiln",
     "source.openstack.kiln",
+    "source.digitalocean.kiln",
   ]
 }

@@ -145,6 +145,8 @@ async fn packer_validate(
         template,
         variables: ib.spec.variables.clone(),
         timestamp: crate::image_build::status::version_stamp(Timestamp::now()),
+        gcp: ib.spec.provider.gcp.clone(),
+        azure: ib.spec.provider.azure.clone(),
     };
     let options = RunnerOptions::new(packer.to_owned(), dir.path().to_owned());
     Ok(runner::validate_only(&request, &options).await?)
@@ -166,11 +168,7 @@ pub async fn images_list(source: BuildSource) -> anyhow::Result<()> {
             // Credentials from the environment, under the names the
             // provider's Secret would hold.
             let type_ = ib.spec.provider.type_;
-            let provider = factory::build(
-                type_,
-                ib.spec.provider.endpoint.clone(),
-                &factory::credentials_from_env(type_),
-            );
+            let provider = factory::build(&ib.spec.provider, &factory::credentials_from_env(type_));
             (ib, provider)
         }
         BuildSource::Cluster(ns, name) => {

@@ -401,6 +401,8 @@ async fn start_build(
             template: resolved.inputs.template.clone(),
             variables: resolved.variables.clone(),
             timestamp: status::version_stamp(now),
+            gcp: ib.spec.provider.gcp.clone(),
+            azure: ib.spec.provider.azure.clone(),
         },
         secret_env: resolved.secret_env.clone(),
         timeout: decide::timeout(&ib.spec),

@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod created;
 pub mod machine_readable;
+pub mod plugins;
 pub mod runner;
 
 /// Variable names a template declares (`variable "name" { ... }`).

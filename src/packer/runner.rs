@@ -4,6 +4,12 @@
 //! kiln's own where the template declares them), runs `packer init` when the
 //! template needs plugins and Packer has it, `packer validate`, then
 //! `packer build -machine-readable`, and reports a [`RunnerResult`].
+//!
+//! Plugins are never downloaded: `packer init` runs with its proxy pointed
+//! at a loopback port that refuses every connection, so it only confirms
+//! that the image's preinstalled plugins (`PACKER_PLUGIN_PATH`) meet the
+//! template's `required_plugins`. A missing one fails the build with a
+//! message naming it and how to add it to the image ([`plugins`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,6 +27,7 @@ use super::{
     artifacts::{BuilderKind, region_artifacts},
     declared_variables,
     machine_readable::Summary,
+    plugins,
 };
 use crate::api::ProviderType;
 pub use kiln_core::image_build::run::{Created, Outcome, RunnerResult};
@@ -60,6 +67,13 @@ pub struct BuildRequest {
     pub variables: BTreeMap<String, String>,
     /// `YYYY-MM-DD-HHMM` of the build's start, for image names.
     pub timestamp: String,
+    /// The cloud's settings (GCP project and family, Azure gallery), offered
+    /// to templates as `kiln_*` variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<crate::api::GcpSettings>,
+    /// See `gcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<crate::api::AzureSettings>,
 }
 
 impl BuildRequest {
@@ -79,6 +93,29 @@ impl BuildRequest {
         ]);
         if let Some(endpoint) = &self.endpoint {
             vars.insert("kiln_endpoint", endpoint.clone().into());
+        }
+        if let Some(gcp) = &self.gcp {
+            vars.insert("kiln_project_id", gcp.project_id.clone().into());
+            // An empty family leaves the image in none.
+            vars.insert(
+                "kiln_image_family",
+                gcp.image_family.clone().unwrap_or_default().into(),
+            );
+            vars.insert(
+                "kiln_storage_locations",
+                serde_json::json!(gcp.storage_locations),
+            );
+        }
+        if let Some(azure) = &self.azure {
+            vars.insert("kiln_subscription_id", azure.subscription_id.clone().into());
+            vars.insert("kiln_resource_group", azure.resource_group.clone().into());
+            if let Some(gallery) = &azure.gallery {
+                vars.insert("kiln_gallery", gallery.name.clone().into());
+                vars.insert(
+                    "kiln_image_definition",
+                    gallery.image_definition.clone().into(),
+                );
+            }
         }
         vars
     }
@@ -281,20 +318,38 @@ pub async fn run(
     let version = Version::parse(&version_out.stdout);
     tracing::info!(build_id = %request.build_id, packer = ?version.map(|v| v.to_string()), "packer found");
 
+    let required = plugins::required_plugins(&request.template);
     if request.template.contains("required_plugins") {
         match version {
             Some(v) if v.has_init() => {
-                let init = packer(options, dir, &["init", "."])
+                // Plugins come from the image: `packer init` only confirms
+                // they are installed, and cannot download (see NoDownload).
+                let no_download = plugins::NoDownload::start()
                     .await
-                    .map_err(io("running packer init"))?;
+                    .map_err(io("starting the no-download proxy for packer init"))?;
+                let init = packer_with(options, dir, &["init", "."], |cmd| {
+                    cmd.envs(provider_env(request, dir));
+                    no_download.apply(cmd);
+                })
+                .await
+                .map_err(io("running packer init"))?;
+                let attempts = no_download.attempts();
                 if !init.success {
-                    return Ok(result(
-                        Outcome::Failed,
-                        Some(format!("packer init failed:\n{}", init.combined())),
-                        vec![],
-                        version,
-                    ));
+                    let text = init.combined();
+                    let message =
+                        match missing_plugins_message(options, dir, &text, &required).await {
+                            Some(m) => m,
+                            None => format!("packer init failed:\n{text}"),
+                        };
+                    tracing::warn!(build_id = %request.build_id, download_attempts = attempts, "packer init failed");
+                    return Ok(result(Outcome::Failed, Some(message), vec![], version));
                 }
+                tracing::info!(
+                    build_id = %request.build_id,
+                    download_attempts = attempts,
+                    plugins = ?required.iter().map(|r| format!("{} {}", r.source, r.version)).collect::<Vec<_>>(),
+                    "packer init: every required plugin is installed"
+                );
             }
             _ => tracing::warn!(
                 "template declares required_plugins but this Packer has no `init`; relying on installed plugins"
@@ -303,10 +358,19 @@ pub async fn run(
     }
 
     let var_arg = format!("-var-file={}", var_file.display());
-    let validate = packer(options, dir, &["validate", &var_arg, "."])
-        .await
-        .map_err(io("running packer validate"))?;
+    let validate = packer_with(options, dir, &["validate", &var_arg, "."], |cmd| {
+        cmd.envs(provider_env(request, dir));
+    })
+    .await
+    .map_err(io("running packer validate"))?;
     if !validate.success {
+        // A missing plugin is the image's fault, not the template's: a
+        // retry once the image has it succeeds.
+        if let Some(m) =
+            missing_plugins_message(options, dir, &validate.combined(), &required).await
+        {
+            return Ok(result(Outcome::Failed, Some(m), vec![], version));
+        }
         return Ok(result(
             Outcome::Invalid,
             Some(format!("packer validate failed:\n{}", validate.combined())),
@@ -329,6 +393,7 @@ pub async fn run(
         dir,
         &["build", "-machine-readable", "-color=false", &var_arg, "."],
         redactor,
+        &provider_env(request, dir),
     )
     .await
     .map_err(io("running packer build"))?;
@@ -368,6 +433,9 @@ pub async fn run(
         ));
     }
     if !build.success {
+        if let Some(m) = missing_plugins_message(options, dir, &build.combined(), &required).await {
+            return Ok(result(Outcome::Failed, Some(m), vec![], version));
+        }
         let errors = if summary.errors.is_empty() {
             build.combined()
         } else {
@@ -427,7 +495,106 @@ pub async fn validate_only(
     let out = packer(options, dir, &["validate", &var_arg, "."])
         .await
         .map_err(|e| RunnerError::Io(format!("running {}", options.packer.display()), e))?;
-    Ok((!out.success).then(|| out.combined().trim().to_owned()))
+    if out.success {
+        return Ok(None);
+    }
+    let required = plugins::required_plugins(&request.template);
+    Ok(Some(
+        missing_plugins_message(options, dir, &out.combined(), &required)
+            .await
+            .unwrap_or_else(|| out.combined().trim().to_owned()),
+    ))
+}
+
+/// When Packer's output says required plugins are missing, the message that
+/// names them and how to add them to the image; `None` otherwise.
+async fn missing_plugins_message(
+    options: &RunnerOptions,
+    dir: &Path,
+    output: &str,
+    required: &[plugins::RequiredPlugin],
+) -> Option<String> {
+    let missing = plugins::missing_plugins(output, required);
+    if missing.is_empty() {
+        return None;
+    }
+    let installed = match packer(options, dir, &["plugins", "installed"]).await {
+        Ok(out) if out.success => plugins::installed_plugins(&out.stdout),
+        _ => Vec::new(),
+    };
+    Some(plugins::missing_message(
+        &missing,
+        &plugin_dir().display().to_string(),
+        &installed,
+    ))
+}
+
+/// Where Packer (≥ 1.7) looks for plugins: `$PACKER_PLUGIN_PATH`, else
+/// `plugins` in its config directory (`$PACKER_CONFIG_DIR`, else
+/// `$HOME/.config/packer`).
+pub fn plugin_dir() -> PathBuf {
+    if let Some(path) = std::env::var_os("PACKER_PLUGIN_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let config = std::env::var_os("PACKER_CONFIG_DIR")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".config/packer")
+        });
+    config.join("plugins")
+}
+
+/// Environment Packer gets from the request. For AWS with
+/// `spec.provider.endpoint`: `AWS_ENDPOINT_URL_EC2`, the endpoint for every
+/// region, as kiln's own EC2 calls use it. The amazon plugin (1.8) honours
+/// `custom_endpoint_ec2` only in the build region and copies to
+/// `ami_regions` through the SDK's default endpoint unless this is set; Packer
+/// 1.6's built-in builder ignores it. A value already in the environment wins.
+fn provider_env(request: &BuildRequest, dir: &Path) -> Vec<(&'static str, String)> {
+    if request.provider == ProviderType::Gcp
+        && std::env::var_os(GCP_KEY_FILE_ENV).is_none()
+        && let Some(path) = gcp_key_file(dir)
+    {
+        return vec![(GCP_KEY_FILE_ENV, path.display().to_string())];
+    }
+    match (&request.provider, &request.endpoint) {
+        (ProviderType::Aws, Some(endpoint))
+            if std::env::var_os("AWS_ENDPOINT_URL_EC2").is_none() =>
+        {
+            vec![("AWS_ENDPOINT_URL_EC2", endpoint.clone())]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Where Google's libraries (and so Packer's googlecompute) look for a
+/// service-account key: a path.
+const GCP_KEY_FILE_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
+/// The key file the runner wrote into `dir` from the Secret's
+/// `GOOGLE_CREDENTIALS` (the key's JSON), if it did.
+fn gcp_key_file(dir: &Path) -> Option<PathBuf> {
+    Some(dir.join(GCP_KEY_FILE)).filter(|p| p.is_file())
+}
+
+const GCP_KEY_FILE: &str = ".gcp-credentials.json";
+
+/// The Secret holds the key itself (`GOOGLE_CREDENTIALS`), Packer wants a
+/// path: write it next to the template, readable by this user only, so it
+/// never reaches a command line.
+async fn write_gcp_key(request: &BuildRequest, dir: &Path) -> std::io::Result<()> {
+    let key = crate::provider::gcp::CREDENTIALS_KEY;
+    let Some(json) = std::env::var_os(key).filter(|_| request.provider == ProviderType::Gcp) else {
+        return Ok(());
+    };
+    let path = dir.join(GCP_KEY_FILE);
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&path).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, json.as_encoded_bytes()).await
 }
 
 /// Writes the template and the var-file (with kiln's variables where the
@@ -440,6 +607,9 @@ async fn prepare(request: &BuildRequest, dir: &Path) -> Result<PathBuf, RunnerEr
     tokio::fs::write(dir.join("template.pkr.hcl"), &request.template)
         .await
         .map_err(io("writing the template"))?;
+    write_gcp_key(request, dir)
+        .await
+        .map_err(io("writing the GCP key file"))?;
     let var_file = dir.join("kiln.pkrvars.json");
     let vars = var_file_contents(request, &declared_variables(&request.template));
     tokio::fs::write(
@@ -509,8 +679,19 @@ impl Output {
 }
 
 async fn packer(options: &RunnerOptions, dir: &Path, args: &[&str]) -> std::io::Result<Output> {
+    packer_with(options, dir, args, |_| {}).await
+}
+
+/// [`packer`], with the command adjusted first (its environment).
+async fn packer_with(
+    options: &RunnerOptions,
+    dir: &Path,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> std::io::Result<Output> {
     let mut cmd = Command::new(&options.packer);
     crate::child::die_with_parent(&mut cmd);
+    adjust(&mut cmd);
     let out = cmd
         .args(args)
         .current_dir(dir)
@@ -540,6 +721,7 @@ async fn packer_streaming(
     dir: &Path,
     args: &[&str],
     redactor: &Redactor,
+    env: &[(&str, String)],
 ) -> std::io::Result<(Output, bool)> {
     let out_path = dir.join(PACKER_OUT);
     let err_path = dir.join("packer.err");
@@ -549,6 +731,7 @@ async fn packer_streaming(
         .args(args)
         .current_dir(dir)
         .env("CHECKPOINT_DISABLE", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(std::fs::File::create(&err_path)?)
@@ -679,6 +862,8 @@ mod tests {
             template: String::new(),
             variables: BTreeMap::from([("flavor".into(), "b".into())]),
             timestamp: "2026-11-22-1100".into(),
+            gcp: None,
+            azure: None,
         };
         let declared = BTreeSet::from(["kiln_timestamp".to_owned(), "kiln_regions".to_owned()]);
         let vars = var_file_contents(&request, &declared);
@@ -690,5 +875,23 @@ mod tests {
         );
         assert!(!vars.contains_key("kiln_build_id"));
         assert!(!vars.contains_key("kiln_endpoint"));
+
+        // The endpoint reaches the amazon plugin's copies to other regions.
+        if std::env::var_os("AWS_ENDPOINT_URL_EC2").is_none() {
+            assert_eq!(
+                provider_env(&request, Path::new("/nonexistent")),
+                vec![("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:5000".to_owned())]
+            );
+        }
+        let other = BuildRequest {
+            provider: ProviderType::Openstack,
+            ..request.clone()
+        };
+        assert!(provider_env(&other, Path::new("/nonexistent")).is_empty());
+        let real = BuildRequest {
+            endpoint: None,
+            ..request
+        };
+        assert!(provider_env(&real, Path::new("/nonexistent")).is_empty());
     }
 }

@@ -5,8 +5,8 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{ImageProvider, Unverified, aws, digitalocean, openstack};
-use crate::api::ProviderType;
+use super::{ImageProvider, Unverified, aws, azure, digitalocean, gcp, openstack};
+use crate::api::{ProviderSpec, ProviderType};
 
 /// Credentials as key/value pairs, as a Secret or the environment holds them.
 pub type Credentials = BTreeMap<String, String>;
@@ -59,23 +59,26 @@ pub fn credential_keys(type_: ProviderType) -> CredentialKeys {
         ProviderType::Aws => aws::CREDENTIAL_KEYS,
         ProviderType::Digitalocean => digitalocean::CREDENTIAL_KEYS,
         ProviderType::Openstack => openstack::CREDENTIAL_KEYS,
-        ProviderType::Gcp | ProviderType::Azure => CredentialKeys {
-            required: &[],
-            optional: &[],
-        },
+        ProviderType::Gcp => gcp::CREDENTIAL_KEYS,
+        ProviderType::Azure => azure::CREDENTIAL_KEYS,
     }
 }
 
-/// The provider for `type_` at `endpoint` (the cloud's own when `None`).
-pub fn build(
-    type_: ProviderType,
-    endpoint: Option<String>,
-    credentials: &Credentials,
-) -> Arc<dyn ImageProvider> {
-    match type_ {
+/// The provider `spec` names, at its endpoint (the cloud's own when unset).
+pub fn build(spec: &ProviderSpec, credentials: &Credentials) -> Arc<dyn ImageProvider> {
+    let endpoint = spec.endpoint.clone();
+    match spec.type_ {
         ProviderType::Aws => Arc::new(aws::Aws::from_credentials(endpoint, credentials)),
-        ProviderType::Gcp => Arc::new(Unverified("GCP")),
-        ProviderType::Azure => Arc::new(Unverified("Azure")),
+        // The CRD requires the settings for these types; a manifest that
+        // skipped admission gets a provider that records images unverified.
+        ProviderType::Gcp => match &spec.gcp {
+            Some(settings) => Arc::new(gcp::from_credentials(endpoint, credentials, settings)),
+            None => Arc::new(Unverified("GCP")),
+        },
+        ProviderType::Azure => match &spec.azure {
+            Some(settings) => Arc::new(azure::from_credentials(endpoint, credentials, settings)),
+            None => Arc::new(Unverified("Azure")),
+        },
         ProviderType::Digitalocean => {
             Arc::new(digitalocean::from_credentials(endpoint, credentials))
         }

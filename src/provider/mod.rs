@@ -237,6 +237,13 @@ pub trait ImageProvider: Send + Sync {
         self.capabilities().pacing
     }
 
+    /// Checks, before a build, that kiln can record ImageBuild
+    /// `namespace/image_build` as the owner of its images (GCP labels hold
+    /// at most 63 characters); [`ProviderError::Invalid`] names the field.
+    fn check_owner(&self, _namespace: &str, _image_build: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Checks, before a build, that the regions exist at this endpoint.
     fn check_regions<'a>(
         &'a self,

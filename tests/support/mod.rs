@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -141,6 +143,27 @@ impl Env {
         envs: &[(&str, &str)],
     ) -> KilnController {
         KilnController::start(kubeconfig, &self.dir.path().join(name), args, envs).await
+    }
+
+    /// `kiln controller` running builds as processes with the current Packer
+    /// first on its PATH and its plugins preinstalled (its runners inherit
+    /// the environment).
+    pub async fn controller_with_packer(
+        &self,
+        name: &str,
+        packer: &kiln_testenv::CurrentPacker,
+    ) -> KilnController {
+        let config = self.dir.path().join(format!("{name}-packer-config"));
+        std::fs::create_dir_all(&config).expect("packer config dir");
+        let vars = packer.env(&config);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.controller_with(
+            name,
+            &self.plane.admin_kubeconfig_path(),
+            &["--default-executor", "process"],
+            &vars,
+        )
+        .await
     }
 
     /// Namespace `ns` with an `aws` Secret holding moto's throwaway credentials.

@@ -45,6 +45,9 @@ pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
 /// The provider's settings cannot work at this cloud (an auth URL that is
 /// not Keystone, a malformed API URL): the user must act.
 pub const PROVIDER_INVALID: &str = "ProviderInvalid";
+/// The cloud cannot record this ImageBuild as the owner of its images (a
+/// name longer than GCP's 63-character labels): the user must act.
+pub const INVALID_NAME: &str = "InvalidName";
 /// The provider could not be asked (unreachable, 5xx, its rate limit
 /// exhausted): retried.
 pub const PROVIDER_UNAVAILABLE: &str = "ProviderUnavailable";

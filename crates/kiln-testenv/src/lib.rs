@@ -646,3 +646,111 @@ fn die_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// kiln's cache directory: `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`,
+/// else `~/.cache/kiln` (as `hack/setup.sh` has it).
+fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KILN_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache")
+        })
+        .join("kiln")
+}
+
+/// A current Packer (1.16) and its preinstalled plugins, as
+/// `hack/packer/setup.sh` builds them into `<cache>/packer-current`
+/// (`$KILN_PACKER_CURRENT` points elsewhere). Tests use Debian's packer 1.6.6
+/// from `PATH` unless they start kiln with [`CurrentPacker::env`].
+#[derive(Clone, Debug)]
+pub struct CurrentPacker {
+    root: PathBuf,
+}
+
+impl CurrentPacker {
+    /// Finds it, or says how to build it.
+    pub fn find() -> Result<CurrentPacker, Error> {
+        let root = std::env::var_os("KILN_PACKER_CURRENT")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache_root().join("packer-current"));
+        let packer = CurrentPacker { root };
+        if !packer.packer().is_file() {
+            return Err(Error::Assets(format!(
+                "{} is missing: run hack/packer/setup.sh (or make setup)",
+                packer.packer().display()
+            )));
+        }
+        Ok(packer)
+    }
+
+    /// The directory holding the `packer` binary, for the front of `PATH`.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.root.join("bin")
+    }
+
+    /// The `packer` binary.
+    pub fn packer(&self) -> PathBuf {
+        self.bin_dir().join("packer")
+    }
+
+    /// The installed plugins, for `PACKER_PLUGIN_PATH`.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.root.join("plugins")
+    }
+
+    /// The plugin sources installed (`github.com/hashicorp/amazon`, ...).
+    pub fn installed_sources(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let dir = self.plugin_dir();
+        for host in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            for org in std::fs::read_dir(host.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for name in std::fs::read_dir(org.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(rel) = name.path().strip_prefix(&dir) {
+                        out.push(rel.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Environment for a process a test starts (`kiln controller`, whose
+    /// runners inherit it): this Packer first on `PATH` and as
+    /// `KILN_PACKER`, its plugins as `PACKER_PLUGIN_PATH`, and Packer's
+    /// config in `config_dir` rather than `~/.config/packer`.
+    pub fn env(&self, config_dir: &Path) -> Vec<(String, String)> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(self.bin_dir()).chain(std::env::split_paths(&path)),
+        )
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| self.bin_dir().display().to_string());
+        vec![
+            ("PATH".into(), path),
+            ("KILN_PACKER".into(), self.packer().display().to_string()),
+            (
+                "PACKER_PLUGIN_PATH".into(),
+                self.plugin_dir().display().to_string(),
+            ),
+            ("PACKER_CONFIG_DIR".into(), config_dir.display().to_string()),
+            ("CHECKPOINT_DISABLE".into(), "1".into()),
+        ]
+    }
+}

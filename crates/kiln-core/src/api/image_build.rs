@@ -172,8 +172,8 @@ impl ProviderType {
         "fieldPath": ".regions"
     },
     {
-        "rule": "self.type != 'gcp' || self.regions.all(r, r.matches('^[a-z]+-[a-z]+[0-9]+(-[a-z])?$'))",
-        "message": "spec.provider.regions: GCP regions or zones look like 'us-central1' or 'europe-west4-a'",
+        "rule": "self.type != 'gcp' || (self.regions.size() == 1 && self.regions.all(r, r.matches('^[a-z]+-[a-z]+[0-9]+-[a-z]$')))",
+        "message": "spec.provider.regions: GCP images are global, so give exactly one zone to build in, e.g. [us-central1-a]; where the image is stored is spec.provider.gcp.storageLocations",
         "fieldPath": ".regions"
     },
     {
@@ -208,7 +208,9 @@ pub struct ProviderSpec {
     pub type_: ProviderType,
 
     /// Regions to build in (or copy to); the first is where Packer builds.
-    /// GCP takes a zone here, e.g. `us-central1-a`.
+    /// GCP images are global: give exactly one zone, the one Packer builds
+    /// in (e.g. `us-central1-a`); kiln records GCP images in region
+    /// `global`. Azure gallery versions are replicated to every region here.
     #[schemars(extend(
         "maxItems" = 32,
         "x-kubernetes-list-type" = "set",
@@ -273,9 +275,21 @@ pub struct GcpSettings {
     #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"))]
     pub project_id: String,
     /// Image family the images join, so consumers can use the family's newest.
+    /// Templates that declare `kiln_image_family` receive it; kiln also puts
+    /// each image it records into the family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub image_family: Option<String>,
+    /// Where the image is stored: one multi-region or region, e.g. `us` or
+    /// `europe-west4`. Templates that declare `kiln_storage_locations`
+    /// receive it (for googlecompute's `image_storage_locations`). Unset:
+    /// the multi-region nearest the build zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "maxItems" = 1,
+        "items" = {"type": "string", "pattern": "^[a-z]+(-[a-z]+[0-9]+)?$", "maxLength": 64}
+    ))]
+    pub storage_locations: Vec<String>,
 }
 
 /// Azure subscription, resource group and, optionally, the Compute Gallery.

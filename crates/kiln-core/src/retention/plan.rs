@@ -524,13 +524,21 @@ mod tests {
             ]
         );
         assert_eq!(p[0].replacement, None);
-        assert!(p[1..].iter().all(|v| v.replacement.as_deref() == Some("img-0")));
+        assert!(
+            p[1..]
+                .iter()
+                .all(|v| v.replacement.as_deref() == Some("img-0"))
+        );
         // Deleted deleteAfter after the next newer image appeared.
         assert_eq!(
             p[2].delete_at,
             Some(images[1].created_at + jiff::SignedDuration::from_mins(150))
         );
-        assert!(p[2].reason.contains("obsolete after 1h, deleted after 2h"), "{}", p[2].reason);
+        assert!(
+            p[2].reason.contains("obsolete after 1h, deleted after 2h"),
+            "{}",
+            p[2].reason
+        );
     }
 
     #[test]
@@ -544,9 +552,13 @@ mod tests {
         let images = vec![image("westeurope", "v-0", 10, true), blocked, past];
         let p = plan(NS, NAME, &images, &rules(1), &Protection::default(), now()).expect("plan");
         use RetentionAction::*;
-        assert_eq!(actions(&p), vec![("v-0", Keep), ("v-2", Keep), ("v-3", Delete)]);
+        assert_eq!(
+            actions(&p),
+            vec![("v-0", Keep), ("v-2", Keep), ("v-3", Delete)]
+        );
         assert!(
-            p[1].reason.contains("blocks its deletion until its end of life 2026-11-23T12:00:00Z"),
+            p[1].reason
+                .contains("blocks its deletion until its end of life 2026-11-23T12:00:00Z"),
             "{}",
             p[1].reason
         );
