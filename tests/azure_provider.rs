@@ -198,7 +198,7 @@ async fn regions_gallery_and_image_definition_are_checked() {
         .check_regions(&regions(&BOTH))
         .await
     {
-        Err(ProviderError::Invalid(m)) => {
+        Err(ProviderError::Misconfigured(m)) => {
             assert!(m.starts_with("spec.provider.azure.gallery.name:"), "{m}");
             assert!(
                 m.contains("'nosuchgallery'") && m.contains("'kiln-test'"),

@@ -288,8 +288,9 @@ async fn gce_bad_input_gives_named_conditions() {
         })
     };
 
-    // A key for another project: the stand-in's key belongs to kiln-test.
-    let mut wrong = image_build_for(provider("other-project"), GCE_TEMPLATE);
+    // A key for another project: the stand-in's key belongs to kiln-test,
+    // and kiln-other exists but lets it do nothing.
+    let mut wrong = image_build_for(provider("kiln-other"), GCE_TEMPLATE);
     wrong.metadata.name = Some("wrong-project".into());
     // A name GCP labels cannot hold (64 characters).
     let long_name = format!("a{}", "b".repeat(63));
@@ -318,7 +319,26 @@ async fn gce_bad_input_gives_named_conditions() {
     )
     .await;
     let message = ready_message(&ib);
-    assert!(message.contains("other-project"), "{message}");
+    assert!(
+        message.contains("kiln-other") && message.contains("GOOGLE_CREDENTIALS"),
+        "{message}"
+    );
+    // A project that does not exist is a setting to fix.
+    let mut missing = image_build_for(provider("no-such-project"), GCE_TEMPLATE);
+    missing.metadata.name = Some("no-project".into());
+    api.create(&PostParams::default(), &missing)
+        .await
+        .expect("create");
+    let ib = wait_for(
+        &api,
+        "no-project",
+        Duration::from_secs(90),
+        &controller.log,
+        stalled("ProviderInvalid"),
+    )
+    .await;
+    let message = ready_message(&ib);
+    assert!(message.contains("spec.provider.gcp.projectId"), "{message}");
     let ib = wait_for(
         &api,
         &long_name,

@@ -218,7 +218,7 @@ async fn zones_are_checked_against_the_project() {
         .check_regions(&zones(&["us-central1-a"]))
         .await
     {
-        Err(ProviderError::Invalid(m)) => assert!(
+        Err(ProviderError::Misconfigured(m)) => assert!(
             m.starts_with("spec.provider.gcp.projectId: project 'no-such-project' does not exist"),
             "{m}"
         ),

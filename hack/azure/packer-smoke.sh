@@ -94,9 +94,11 @@ grep -E '^[0-9]+,[^,]*,artifact,0,(id|string|builder-id|end),?' "$work/build.out
 echo "---"
 
 curl -fsS "${control}state" >"$work/state.json" || bad "reading the state"
-"$py" - "$work/state.json" "$work/build.out" "$(j subscription_id)" "$rg" <<'PY'
+curl -fsS "${control}packer" >"$work/packer-state.json" || bad "reading /_control/packer"
+"$py" - "$work/state.json" "$work/build.out" "$(j subscription_id)" "$rg" "$work/packer-state.json" >"$work/checks.out" <<'PY'
 import json, sys
 state = json.load(open(sys.argv[1]))
+ssh = json.load(open(sys.argv[5])).get("ssh") or {}
 out = open(sys.argv[2]).read()
 sub, rg = sys.argv[3], sys.argv[4]
 res = {k.lower(): v for k, v in state["resources"].items()}
@@ -126,16 +128,21 @@ check(c["response_validation_failures"] == 0 and c["crashes"] == 0 and c["not_im
       f"crashes={c['crashes']}, not_implemented={c['not_implemented']})")
 check(c["request_validation_failures"] == 0, f"no request refused by validation ({c['request_validation_failures']})")
 check(f",artifact,0,id,{img_id}" in out or ",artifact,0,id," in out, "Packer printed an artifact id")
+logins = ssh.get("logins") or []
+check(len(logins) >= 1 and all("/virtualMachines/pkrvm" in x["vm"] for x in logins),
+      f"Packer logged in over SSH to the deployed VM with its temporary key ({len(logins)} logins, {ssh.get('refused')} refused)")
+uploads = [f for c in ssh.get("commands") or [] for f in c.get("files") or []]
+check(any(f["name"].startswith("script_") for f in uploads), "the shell provisioner's script was uploaded (scp): " +
+      ", ".join(f"{f['name']} {f['size']} B" for f in uploads))
+print("ssh commands: " + " | ".join(c["command"][:80] for c in ssh.get("commands") or []))
 calls = state["calls"]
 print("calls: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
 for ok, what in checks:
     print(("ok   " if ok else "FAIL ") + what)
 sys.exit(sum(1 for ok, _ in checks if not ok))
 PY
-n=$?
-
-checks=11
-pass=$((pass + checks - n))
-fail=$((fail + n))
+cat "$work/checks.out"
+pass=$((pass + $(grep -c '^ok ' "$work/checks.out")))
+fail=$((fail + $(grep -c '^FAIL ' "$work/checks.out")))
 echo "packer-smoke: $pass passed, $fail failed"
 [ $fail = 0 ]

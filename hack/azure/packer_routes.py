@@ -704,9 +704,10 @@ def make_handler(base, mod):
                 if image_ref.get("id"):
                     disk["properties"]["creationData"]["imageReference"] = {"id": image_ref["id"]}
                 st.put(disk_id, "disk", disk)
-                body["power"] = "running"
             body["properties"] = props
             st.put(rid, NETWORK_KINDS.get(rtype, "virtualMachine"), body)
+            if rtype == "Microsoft.Compute/virtualMachines":
+                st.get(rid)["power"] = "running"  # kept beside the body, not in it
             return out
 
         # ---- Microsoft.Network 2018-01-01
@@ -746,17 +747,16 @@ def make_handler(base, mod):
         def op_VirtualMachines_Get(self, op, pp, q, body):
             r = self.vm(pp)
             out = copy.deepcopy(r["body"])
-            out.pop("power", None)
             if q.get("$expand") == "instanceView":
                 out["properties"]["instanceView"] = self.instance_view(r)
             return 200, out, {}
 
         def instance_view(self, r):
-            power = r["body"].get("power", "running")
+            power = r.get("power", "running")
             st = [{"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded",
                    "time": iso(now())},
                   {"code": f"PowerState/{power}", "level": "Info", "displayStatus": f"VM {power}"}]
-            if r["body"].get("generalized"):
+            if r.get("generalized"):
                 st.append({"code": "OSState/generalized", "level": "Info", "displayStatus": "VM generalized"})
             return {"computerName": r["body"]["name"], "osName": "linux", "statuses": st}
 
@@ -765,7 +765,7 @@ def make_handler(base, mod):
 
         def power(self, pp, op, state):
             r = self.vm(pp)
-            r["body"]["power"] = state
+            r["power"] = state
             _, headers = self.start_operation("virtualMachine", "update", r["body"]["id"], r["body"]["location"], op)
             return 202, None, headers
 
@@ -777,10 +777,10 @@ def make_handler(base, mod):
 
         def op_VirtualMachines_Generalize(self, op, pp, q, body):
             r = self.vm(pp)
-            if r["body"].get("power") not in ("stopped", "deallocated"):
+            if r.get("power") not in ("stopped", "deallocated"):
                 raise HttpError(409, "OperationNotAllowed", "Operation 'generalize' is not allowed since the "
                                 "VM is running. Stop or deallocate the VM first.")
-            r["body"]["generalized"] = True
+            r["generalized"] = True
             return 200, None, {}
 
         def op_VirtualMachines_Delete(self, op, pp, q, body):
@@ -801,7 +801,7 @@ def make_handler(base, mod):
         def op_Images_CreateOrUpdate(self, op, pp, q, body):
             src = ((body.get("properties") or {}).get("sourceVirtualMachine") or {}).get("id")
             vm = self.st.get(src) if src else None
-            if vm is not None and vm["kind"] == "virtualMachine" and not vm["body"].get("generalized"):
+            if vm is not None and vm["kind"] == "virtualMachine" and not vm.get("generalized"):
                 raise HttpError(409, "OperationNotAllowed", f"The source virtual machine '{src}' must be "
                                 "generalized to create an image (POST .../generalize).")
             return super().op_Images_CreateOrUpdate(op, pp, q, body)
@@ -907,7 +907,7 @@ def start_ssh(standin, host):
             with st.lock:
                 for r in list(st.resources.values()):
                     b = r["body"]
-                    if r["kind"] != "virtualMachine" or b.get("power", "running") != "running":
+                    if r["kind"] != "virtualMachine" or r.get("power", "running") != "running":
                         continue
                     osp = b["properties"].get("osProfile") or {}
                     keys = (((osp.get("linuxConfiguration") or {}).get("ssh") or {}).get("publicKeys")) or []
@@ -930,18 +930,46 @@ def start_ssh(standin, host):
             return True
 
         def check_channel_exec_request(self, channel, command):
+            cmd = command.decode(errors="replace")
+            entry = {"vm": self.vm, "command": cmd}
             with st.lock:
-                log["commands"].append({"vm": self.vm, "command": command.decode(errors="replace")})
+                log["commands"].append(entry)
 
-            def finish():
+            def run():
                 try:
+                    if re.match(r"^scp\b.*\s-\w*t\w*\b", cmd):  # `scp -t DIR`: Packer uploads a file
+                        entry["files"] = scp_sink(channel)
                     channel.send_exit_status(0)
                     channel.shutdown_write()
                     channel.close()
-                except Exception:
-                    pass
-            threading.Timer(0.05, finish).start()
+                except Exception as e:
+                    entry["error"] = repr(e)
+            threading.Thread(target=run, daemon=True).start()
             return True
+
+    def scp_sink(ch):
+        """The receiving end of scp's protocol (one ack byte per header and per file); the
+        content is read and dropped, the names and sizes are kept."""
+        files = []
+        f = ch.makefile("rb")
+        ch.sendall(b"\0")
+        while True:
+            line = f.readline()
+            if not line:
+                return files
+            kind = line[:1]
+            if kind == b"C":
+                mode, size, name = line[1:].decode().rstrip("\n").split(" ", 2)
+                ch.sendall(b"\0")
+                left = int(size)
+                while left > 0:
+                    got = f.read(min(left, 65536))
+                    if not got:
+                        return files
+                    left -= len(got)
+                f.read(1)
+                files.append({"name": name, "size": int(size), "mode": mode})
+            ch.sendall(b"\0")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

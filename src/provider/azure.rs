@@ -340,7 +340,7 @@ impl Azure {
         let group = &self.settings.resource_group;
         let subscription = &self.settings.subscription_id;
         let no_group = || {
-            ProviderError::Invalid(format!(
+            ProviderError::Misconfigured(format!(
                 "{SETTINGS}.resourceGroup: resource group '{group}' does not exist in subscription {subscription}; create it (az group create --name {group} --location <region>) or fix the name"
             ))
         };
@@ -380,7 +380,7 @@ impl Azure {
                 return Err(no_group());
             }
             StatusCode::NOT_FOUND => {
-                return Err(ProviderError::Invalid(format!(
+                return Err(ProviderError::Misconfigured(format!(
                     "{SETTINGS}.gallery.name: Compute Gallery '{}' does not exist in resource group '{group}' of subscription {subscription}; create it (az sig create --resource-group {group} --gallery-name {}) or fix the name",
                     g.name, g.name
                 )));
@@ -393,7 +393,7 @@ impl Azure {
             .await?
             .is_none()
         {
-            return Err(ProviderError::Invalid(format!(
+            return Err(ProviderError::Misconfigured(format!(
                 "{SETTINGS}.gallery.imageDefinition: image definition '{}' does not exist in gallery '{}' (resource group '{group}'); create it (az sig image-definition create --resource-group {group} --gallery-name {} --gallery-image-definition {} --publisher … --offer … --sku … --os-type Linux) or fix the name",
                 g.image_definition, g.name, g.name, g.image_definition
             )));

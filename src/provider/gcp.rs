@@ -489,7 +489,7 @@ impl Gcp {
         match reply.status {
             StatusCode::OK => Ok(()),
             StatusCode::NOT_FOUND if reply.message().contains(&format!("'projects/{project}'")) => {
-                Err(ProviderError::Invalid(format!(
+                Err(ProviderError::Misconfigured(format!(
                     "spec.provider.gcp.projectId: project '{project}' does not exist ({})",
                     reply.message()
                 )))
