@@ -80,6 +80,13 @@ pub async fn inputs(
         Ok(r) => r,
         Err(problem) => return Ok(Err(problem)),
     };
+    // A suspended ImageBuild starts no build: the cloud need not be asked.
+    if ib.spec.suspend {
+        return Ok(Ok(Inputs {
+            spec_hash: spec_hash(&ib.spec, &resolved.inputs),
+            resolved,
+        }));
+    }
     let (ns, name) = (ib.namespace().unwrap_or_default(), ib.name_any());
     if let Err(ProviderError::Invalid(message)) = resolved.provider.check_owner(&ns, &name) {
         return Ok(Err(invalid(reasons::INVALID_NAME, message)));

@@ -278,7 +278,7 @@ fn metadata(name: &str) -> Value {
 }
 
 /// A GCP ImageBuild with an inline template and ambient credentials: its
-/// inputs need no Secret, and GCP's region check makes no call.
+/// inputs need no Secret, and suspended, it asks the cloud nothing.
 fn gcp_build(name: &str, suspend: bool) -> ImageBuild {
     serde_json::from_value(json!({
         "apiVersion": "kiln.dev/v1alpha1",
