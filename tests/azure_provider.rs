@@ -217,7 +217,7 @@ async fn regions_gallery_and_image_definition_are_checked() {
         .check_regions(&regions(&BOTH))
         .await
     {
-        Err(ProviderError::Invalid(m)) => {
+        Err(ProviderError::Misconfigured(m)) => {
             assert!(
                 m.starts_with("spec.provider.azure.gallery.imageDefinition:"),
                 "{m}"
@@ -232,7 +232,7 @@ async fn regions_gallery_and_image_definition_are_checked() {
         .check_regions(&regions(&BOTH))
         .await
     {
-        Err(ProviderError::Invalid(m)) => {
+        Err(ProviderError::Misconfigured(m)) => {
             assert!(m.starts_with("spec.provider.azure.resourceGroup:"), "{m}");
             assert!(m.contains("'nosuchgroup'"), "{m}");
         }

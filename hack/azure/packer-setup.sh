@@ -3,7 +3,9 @@
 # pip downloads the three wheels (no dependencies, nothing installed) and the
 # api-version folders the Packer azure-arm plugin v1.4.5 uses are unpacked to
 # $KILN_CACHE_DIR/azure-sdk-packer/azure/mgmt/... The stand-in reads them with
-# ast (never imports them). Idempotent (a stamp); about 10 s cold, 0 s after.
+# ast (never imports them). Also installs paramiko (requirements-packer-ssh.txt)
+# into the kiln venv for the stand-in's SSH responder. Idempotent (a stamp);
+# a few seconds cold, 0.1 s after.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${KILN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln}"
@@ -11,10 +13,14 @@ dest="$cache_root/azure-sdk-packer"
 py="${KILN_PYTHON:-$cache_root/venv/bin/python3}"
 [ -x "$py" ] || py=python3
 say() { echo "packer-setup(azure): $*" >&2; }
-want="$(sha256sum "$here/requirements-packer.txt" "$0" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$want" ]; then
-	say "schemas already in $dest"
+want="$(cat "$here/requirements-packer.txt" "$here/requirements-packer-ssh.txt" "$here/packer-setup.sh" | sha256sum | cut -d" " -f1)"
+if [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$want" ] && "$py" -c 'import paramiko' 2>/dev/null; then
+	say "schemas already in $dest; paramiko in the venv"
 	exit 0
+fi
+if ! "$py" -m pip install -q --disable-pip-version-check -r "$here/requirements-packer-ssh.txt" >&2; then
+	say "pip install of requirements-packer-ssh.txt (paramiko, the SSH responder) failed"
+	exit 1
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

@@ -141,6 +141,50 @@ for ok, what in checks:
     print(("ok   " if ok else "FAIL ") + what)
 sys.exit(sum(1 for ok, _ in checks if not ok))
 PY
+# a few refusals on the Packer routes (what a wrong client would see)
+"$py" - "$work/ready.json" >>"$work/checks.out" <<'PY'
+import json, ssl, sys, urllib.error, urllib.parse, urllib.request
+r = json.load(open(sys.argv[1]))
+base, sub, rg = r["api_url"], r["subscription_id"], r["resource_group"]
+def call(method, url, body=None, headers=None, ctx=None):
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+ctx = ssl.create_default_context(cafile=r["tls_ca_file"])
+st, b = call("GET", f"https://{r['metadata_host']}/metadata/endpoints?api-version=2020-06-01", ctx=ctx)
+env = json.loads(b)[0] if st == 200 else {}
+check(st == 200 and env.get("name") == r["cloud_environment_name"] and env.get("resourceManager") == base,
+      f"metadata over TLS names the stand-in ({st})")
+form = lambda **kw: urllib.parse.urlencode(kw).encode()
+tok = f"{base}{r['tenant_id']}/oauth2/token?api-version=1.0"
+st, b = call("POST", tok, form(grant_type="client_credentials", client_id=r["client_id"], client_secret="wrong",
+                               resource=base), {"Content-Type": "application/x-www-form-urlencoded"})
+check(st == 401 and b"AADSTS7000215" in b, f"v1 token with a wrong secret: {st} invalid_client")
+st, b = call("POST", tok, form(grant_type="client_credentials", client_id=r["client_id"],
+                               client_secret=r["client_secret"], resource=base),
+             {"Content-Type": "application/x-www-form-urlencoded"})
+token = json.loads(b)["access_token"]
+auth = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+dep = f"{base}subscriptions/{sub}/resourcegroups/{rg}/providers/Microsoft.Resources/deployments/bad"
+tpl = {"$schema": "x", "contentVersion": "1.0.0.0", "resources": [
+    {"type": "Microsoft.Network/publicIPAddresses", "apiVersion": "2017-04-01", "name": "ip",
+     "location": "[resourceGroup().location]", "properties": {"publicIPAllocationMethod": "Sometimes"}}]}
+st, b = call("PUT", dep + "?api-version=2018-02-01", {"properties": {"template": tpl, "mode": "Incremental"}}, auth)
+check(st == 400 and b"InvalidTemplate" in b and b"publicIPAllocationMethod" in b,
+      f"a template resource outside its model: {st} InvalidTemplate")
+st, b = call("PUT", dep + "?api-version=2018-02-01", {"properties": {"template": tpl, "mode": "Incremental",
+                                                                     "debug": True}}, auth)
+check(st == 400 and b"InvalidRequestContent" in b, f"an undeclared property in a deployment: {st} InvalidRequestContent")
+st, b = call("GET", f"{base}subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/x"
+             "?api-version=2020-06-01", None, auth)
+check(st == 400 and b"NoRegisteredProviderFound" in b, f"a VM GET at an api-version not served: {st} NoRegisteredProviderFound")
+PY
 cat "$work/checks.out"
 pass=$((pass + $(grep -c '^ok ' "$work/checks.out")))
 fail=$((fail + $(grep -c '^FAIL ' "$work/checks.out")))

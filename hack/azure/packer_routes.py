@@ -404,6 +404,17 @@ class _View:
         return next((o for o in ops if o["api_version"] == self._api), ops[0])
 
 
+# What a deployment may declare, and the model its evaluated resource is checked
+# against (the SDK models of the api-versions the plugin itself uses for those
+# types; the template names 2017-04-01 for network resources, whose nearest
+# available schema is 2018-01-01; its VMs are 2021-11-01, exact).
+TEMPLATE_MODELS = {"Microsoft.Network/publicIPAddresses": "Network2018-01-01.PublicIPAddress",
+                   "Microsoft.Network/virtualNetworks": "Network2018-01-01.VirtualNetwork",
+                   "Microsoft.Network/networkInterfaces": "Network2018-01-01.NetworkInterface",
+                   "Microsoft.Network/networkSecurityGroups": "Network2018-01-01.NetworkSecurityGroup",
+                   "Microsoft.Compute/virtualMachines": "Compute2021-11-01.VirtualMachine",
+                   "Microsoft.Compute/virtualMachines/extensions": None}
+
 NETWORK_KINDS = {"Microsoft.Network/publicIPAddresses": "publicIPAddress",
                  "Microsoft.Network/virtualNetworks": "virtualNetwork",
                  "Microsoft.Network/networkInterfaces": "networkInterface",
@@ -493,7 +504,15 @@ def make_handler(base, mod):
                 p = self.server.standin.packer
                 return {"schemas": p.get("schemas"), "ssh": p.get("ssh"), "rg_locations": p["rg_locations"],
                         "ssh_port": p.get("ssh_port")}
-            return super().control_locked(what, q, data)
+            p = self.server.standin.packer
+            out = super().control_locked(what, q, data)
+            if what == "resource-groups" and self.command == "POST" and out is not None:
+                p["rg_locations"][data["name"].lower()] = self.location(data.get("location", "westeurope"),
+                                                                        "location", "resourceGroups")
+                out = dict(out, location=p["rg_locations"][data["name"].lower()])
+            if what == "reset" and self.command == "POST" and p.get("ssh"):
+                p["ssh"].update(logins=[], refused=0, commands=[])
+            return out
 
         # ---- answers
 
@@ -560,12 +579,23 @@ def make_handler(base, mod):
                 res = t.resources()
             except (TemplateError, KeyError, IndexError, TypeError, StopIteration) as e:
                 raise HttpError(400, "InvalidTemplate", f"Deployment template validation failed: {e}")
-            for r in res:
-                if r["type"] not in NETWORK_KINDS and r["type"] not in ("Microsoft.Compute/virtualMachines",
-                                                                          "Microsoft.Compute/virtualMachines/extensions"):
+            for i, r in enumerate(res):
+                if r["type"] not in TEMPLATE_MODELS:
                     raise HttpError(400, "InvalidTemplate", f"The stand-in cannot deploy resources of type "
                                                             f"'{r['type']}'.")
                 self.location(r["location"], "location", r["type"])
+                model = TEMPLATE_MODELS[r["type"]]
+                if model:  # the resource as its PUT body, at the plugin's api-version of that type
+                    doc = {"location": r["location"], "properties": r["properties"]}
+                    if r["tags"]:
+                        doc["tags"] = r["tags"]
+                    problems = validate.check(self.st.cat, {"ref": model}, doc, "request")
+                    if problems:
+                        raise HttpError(400, "InvalidTemplate", f"Deployment template validation failed: resource "
+                                        f"'{r['type']}/{r['name']}' (checked against {model}): "
+                                        f"{problems[0]['target']}: {problems[0]['message']}",
+                                        details=[{"code": p["code"], "target": f"resources[{i}].{p['target']}",
+                                                  "message": p["message"]} for p in problems])
             return rg, loc, res
 
         def deployment_body(self, pp, rg, body, state):
@@ -944,7 +974,8 @@ def start_ssh(standin, host):
                     channel.close()
                 except Exception as e:
                     entry["error"] = repr(e)
-            threading.Thread(target=run, daemon=True).start()
+            # after paramiko has sent this request's reply (it does so when this returns)
+            threading.Timer(0.1, run).start()
             return True
 
     def scp_sink(ch):

@@ -51,4 +51,6 @@ if [ -f "$shared/SOURCE.md" ]; then
 		say "copied the Swagger files from $shared to $dest"
 	fi
 fi
+# the schemas and the SSH responder of the Packer azure-arm routes (packer_routes.py)
+"$here/packer-setup.sh"
 say "ready in $((SECONDS - start)) s"

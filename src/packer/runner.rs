@@ -584,7 +584,7 @@ const GCP_KEY_FILE: &str = ".gcp-credentials.json";
 /// path: write it next to the template, readable by this user only, so it
 /// never reaches a command line.
 async fn write_gcp_key(request: &BuildRequest, dir: &Path) -> std::io::Result<()> {
-    let key = crate::provider::gcp::CREDENTIALS_KEY;
+    let key = crate::api::GCP_CREDENTIALS_KEY;
     let Some(json) = std::env::var_os(key).filter(|_| request.provider == ProviderType::Gcp) else {
         return Ok(());
     };

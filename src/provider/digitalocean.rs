@@ -624,7 +624,9 @@ impl DigitalOcean {
     }
 
     /// Checks one snapshot Packer reported, in every region it was reported in.
-    async fn verify(&self, image_id: &str, regions: &[&str]) -> Result<(), ProviderError> {
+    /// Checks a snapshot is usable in every region Packer reported; returns
+    /// every region it is in.
+    async fn verify(&self, image_id: &str, regions: &[&str]) -> Result<Vec<String>, ProviderError> {
         let first = regions.first().copied().unwrap_or(GLOBAL);
         let missing = || ProviderError::ImageMissing {
             region: first.to_owned(),
@@ -680,7 +682,7 @@ impl DigitalOcean {
                 state: format!("transferring to {region}"),
             });
         }
-        Ok(())
+        Ok(image.regions)
     }
 }
 
@@ -836,8 +838,20 @@ impl ImageProvider for DigitalOcean {
             for a in artifacts {
                 by_id.entry(&a.image_id).or_default().push(&a.region);
             }
+            // The digitalocean plugin (1.4) reports only the build region,
+            // having waited for the transfers: record every region the
+            // snapshot is in.
+            let mut placed = Vec::new();
             for (id, regions) in &by_id {
-                self.verify(id, regions).await?;
+                let present = self.verify(id, regions).await?;
+                let mut all: Vec<&str> = regions.clone();
+                all.extend(present.iter().map(String::as_str));
+                all.sort_unstable();
+                all.dedup();
+                placed.extend(all.into_iter().map(|region| RegionArtifact {
+                    region: region.to_owned(),
+                    image_id: (*id).to_owned(),
+                }));
             }
             let Some(region) = artifacts.first().map(|a| a.region.as_str()) else {
                 return Ok(Claimed::as_reported(artifacts));
@@ -866,7 +880,10 @@ impl ImageProvider for DigitalOcean {
                     _ => return Err(reply.unexpected("tags_assign_resources", region)),
                 }
             }
-            Ok(Claimed::as_reported(artifacts))
+            Ok(Claimed {
+                artifacts: placed,
+                note: None,
+            })
         })
     }
 

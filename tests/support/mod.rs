@@ -153,10 +153,22 @@ impl Env {
         name: &str,
         packer: &kiln_testenv::CurrentPacker,
     ) -> KilnController {
+        self.controller_with_packer_env(name, packer, &[]).await
+    }
+
+    /// [`Self::controller_with_packer`], with more environment.
+    pub async fn controller_with_packer_env(
+        &self,
+        name: &str,
+        packer: &kiln_testenv::CurrentPacker,
+        extra: &[(&str, &str)],
+    ) -> KilnController {
         let config = self.dir.path().join(format!("{name}-packer-config"));
         std::fs::create_dir_all(&config).expect("packer config dir");
         let vars = packer.env(&config);
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut vars: Vec<(&str, &str)> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.extend_from_slice(extra);
         self.controller_with(
             name,
             &self.plane.admin_kubeconfig_path(),

@@ -17,9 +17,8 @@ use serde::Deserialize;
 
 use crate::provider::{ProviderError, factory::Credentials, http};
 
-/// The Secret key that holds the service-account key's JSON (the content,
-/// not a path; Terraform's google provider reads the same name).
-pub const KEY: &str = "GOOGLE_CREDENTIALS";
+/// The Secret key that holds the service-account key's JSON.
+pub const KEY: &str = crate::api::GCP_CREDENTIALS_KEY;
 /// The scope kiln asks for: read and write Compute Engine resources.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/compute";
 /// Google's token endpoint, for keys that name none.

@@ -267,6 +267,12 @@ pub struct CredentialsReference {
     pub secret_ref: LocalObjectReference,
 }
 
+/// The key of a GCP credentials Secret that holds a service-account key's
+/// JSON (the content, not a path; Terraform's google provider reads the same
+/// name). The provider signs with it; the runner writes it to a file for
+/// Packer.
+pub const GCP_CREDENTIALS_KEY: &str = "GOOGLE_CREDENTIALS";
+
 /// Google Cloud project the images live in.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
