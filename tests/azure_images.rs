@@ -87,7 +87,7 @@ source "azure-arm" "app" {
     resource_group      = var.kiln_resource_group
     gallery_name        = var.kiln_gallery
     image_name          = var.kiln_image_definition
-    image_version       = "${formatdate("YYYY", local.now)}.${tonumber(formatdate("MMDDhhmm", local.now))}.${tonumber(formatdate("ss", local.now))}"
+    image_version       = "${formatdate("YYYY", local.now)}.${parseint(formatdate("MMDDhhmm", local.now), 10)}.${parseint(formatdate("ss", local.now), 10)}"
     replication_regions = var.kiln_regions
   }
   azure_tags = {
@@ -118,12 +118,13 @@ impl Arm {
                 s("authority_host"),
                 s("tenant_id")
             ))
-            .form(&[
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", &s("client_id")),
                 ("client_secret", &s("client_secret")),
                 ("scope", "https://management.azure.com/.default"),
-            ])
+            ]))
             .send()
             .await
             .expect("token")
@@ -215,6 +216,8 @@ async fn azure_gallery_versions_are_tagged_deprecated_and_pruned() {
         ("AZURE_TENANT_ID", arm.s("tenant_id")),
         ("AZURE_CLIENT_ID", arm.s("client_id")),
         ("AZURE_CLIENT_SECRET", arm.s("client_secret")),
+        // The Entra ID endpoint is the stand-in's, as a sovereign cloud's is.
+        ("AZURE_AUTHORITY_HOST", arm.s("authority_host")),
     ];
     let secret: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.aws_secret("images", "azure", &secret).await;
@@ -316,12 +319,26 @@ async fn azure_gallery_versions_are_tagged_deprecated_and_pruned() {
         .send()
         .await
         .expect("keep");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    // The PATCH is a long-running operation: wait until the tag is there.
+    assert!(r.status().is_success(), "{:?}", r.status());
+    // The PATCH is a long-running operation: follow it, as a client must.
+    let operation = r
+        .headers()
+        .get("azure-asyncoperation")
+        .and_then(|v| v.to_str().ok())
+        .expect("Azure-AsyncOperation")
+        .to_owned();
     wait_until(Duration::from_secs(30), || async {
-        arm.version(&builds[1][0].1)
+        let status: Value = arm
+            .http
+            .get(&operation)
+            .bearer_auth(&arm.token)
+            .send()
             .await
-            .is_some_and(|v| v["tags"]["kiln-keep"] == "true")
+            .expect("operation")
+            .json()
+            .await
+            .expect("operation json");
+        status["status"] == "Succeeded"
     })
     .await;
 
@@ -404,6 +421,25 @@ async fn azure_gallery_versions_are_tagged_deprecated_and_pruned() {
     expected.clear();
 }
 
+/// An `application/x-www-form-urlencoded` body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// The `kiln-build` tag on a version.
 async fn builds_tag(arm: &Arm, id: &str) -> Value {
     arm.version(id).await.expect("version")["tags"]["kiln-build"].clone()
@@ -435,6 +471,7 @@ async fn azure_bad_input_gives_named_conditions() {
         arm.s("client_id"),
         arm.s("client_secret"),
     );
+    let authority = arm.s("authority_host");
     env.aws_secret(
         "images",
         "azure",
@@ -442,6 +479,7 @@ async fn azure_bad_input_gives_named_conditions() {
             ("AZURE_TENANT_ID", &tenant),
             ("AZURE_CLIENT_ID", &client),
             ("AZURE_CLIENT_SECRET", &secret),
+            ("AZURE_AUTHORITY_HOST", &authority),
         ],
     )
     .await;
@@ -453,6 +491,7 @@ async fn azure_bad_input_gives_named_conditions() {
             ("AZURE_TENANT_ID", &tenant),
             ("AZURE_CLIENT_ID", &other_client),
             ("AZURE_CLIENT_SECRET", &other_secret),
+            ("AZURE_AUTHORITY_HOST", &authority),
         ],
     )
     .await;

@@ -102,19 +102,18 @@ impl Azure {
             return Ok(Some(format!("{id} is gone")));
         };
         // A version protected until a later end of life keeps it: an
-        // earlier date would lift the protection someone set.
-        let (end, note) = match version.end_of_life() {
-            Some(eol) if version.delete_blocked() && eol > planned => (
-                eol,
-                Some(format!(
-                    "deprecated; its end of life stays {eol}: deletion is blocked until then (safetyProfile.blockDeletionBeforeEndOfLife)"
-                )),
-            ),
-            _ => (planned, None),
+        // earlier date would lift the protection someone set. It is
+        // deprecated all the same (the plan says when it can go).
+        let end = match version.end_of_life() {
+            Some(eol) if version.delete_blocked() && eol > planned => {
+                tracing::info!(image_id = %id, end_of_life = %eol, "deprecated; its end of life stays: deletion is blocked until then");
+                eol
+            }
+            _ => planned,
         };
         let profile = &version.properties.publishing_profile;
         if profile.exclude_from_latest == Some(true) && version.end_of_life() == Some(end) {
-            return Ok(note);
+            return Ok(None);
         }
         let patch = DeprecatePatch {
             properties: DeprecateProperties {
@@ -138,7 +137,7 @@ impl Azure {
             s if s.is_success() => {
                 self.finish(&reply, OP, region, &id, "it is not deprecated yet")
                     .await?;
-                Ok(note)
+                Ok(None)
             }
             StatusCode::NOT_FOUND => Ok(Some(format!("{id} is gone"))),
             _ => Err(reply.unexpected(OP, region)),
