@@ -525,21 +525,12 @@ async fn azure_bad_input_gives_named_conditions() {
             .await
             .expect("create");
     }
-    let stalled = |reason: &'static str| {
-        move |ib: &ImageBuild| {
-            ib.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == reason)
-            })
-        }
-    };
     let ib = wait_for(
         &api,
         "wrong-subscription",
         Duration::from_secs(90),
         &controller.log,
-        stalled("CredentialsInvalid"),
+        stalled_with("CredentialsInvalid"),
     )
     .await;
     let message = ready_message(&ib);
@@ -549,7 +540,7 @@ async fn azure_bad_input_gives_named_conditions() {
         "no-gallery",
         Duration::from_secs(90),
         &controller.log,
-        stalled("ProviderInvalid"),
+        stalled_with("ProviderInvalid"),
     )
     .await;
     let message = ready_message(&ib);
@@ -557,15 +548,6 @@ async fn azure_bad_input_gives_named_conditions() {
         message.contains("spec.provider.azure.gallery.name") && message.contains("nosuchgallery"),
         "{message}"
     );
-}
-
-fn ready_message(ib: &ImageBuild) -> String {
-    ib.status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }
 
 /// Polls `check` until it holds.

@@ -77,7 +77,12 @@ struct Glance {
 impl Glance {
     async fn new(stack: &Service) -> Glance {
         kiln::install_crypto_provider();
-        let http = reqwest::Client::new();
+        // Glance (eventlet, single-threaded here) may close an idle
+        // keep-alive connection just as it is reused: one connection a call.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
         let response = http
             .post(format!("{}/auth/tokens", stack.get("/auth_url")))
             .json(&json!({"auth": {"identity": {

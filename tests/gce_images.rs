@@ -301,21 +301,12 @@ async fn gce_bad_input_gives_named_conditions() {
             .await
             .expect("create");
     }
-    let stalled = |reason: &'static str| {
-        move |ib: &ImageBuild| {
-            ib.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == reason)
-            })
-        }
-    };
     let ib = wait_for(
         &api,
         "wrong-project",
         Duration::from_secs(90),
         &controller.log,
-        stalled("CredentialsInvalid"),
+        stalled_with("CredentialsInvalid"),
     )
     .await;
     let message = ready_message(&ib);
@@ -334,7 +325,7 @@ async fn gce_bad_input_gives_named_conditions() {
         "no-project",
         Duration::from_secs(90),
         &controller.log,
-        stalled("ProviderInvalid"),
+        stalled_with("ProviderInvalid"),
     )
     .await;
     let message = ready_message(&ib);
@@ -344,7 +335,7 @@ async fn gce_bad_input_gives_named_conditions() {
         &long_name,
         Duration::from_secs(90),
         &controller.log,
-        stalled("InvalidName"),
+        stalled_with("InvalidName"),
     )
     .await;
     let message = ready_message(&ib);
@@ -401,13 +392,4 @@ async fn gce_bad_input_gives_named_conditions() {
             .is_none(),
         "a failed operation records no image"
     );
-}
-
-fn ready_message(ib: &ImageBuild) -> String {
-    ib.status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }

@@ -249,3 +249,24 @@ impl TapName for ImagePolicy {
         self
     }
 }
+
+/// An ImageBuild is Stalled with `reason`.
+pub fn stalled_with(reason: &'static str) -> impl Fn(&ImageBuild) -> bool {
+    move |ib: &ImageBuild| {
+        ib.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == reason)
+        })
+    }
+}
+
+/// The message of an ImageBuild's Ready condition.
+pub fn ready_message(ib: &ImageBuild) -> String {
+    ib.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
